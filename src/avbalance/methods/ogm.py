@@ -1,0 +1,97 @@
+"""OGM and OGM-GE (Peng et al., CVPR 2022), as the reference code at HEAD (REFERENCE_OGM_GE.md §1).
+
+Per step, after backward and before the optimizer step:
+  rho_v = s_v / s_a, rho_a = 1 / rho_v         (summed true-class softmax, current batch)
+  dominant modality u gets k_u = 1 - tanh(alpha * rho_u), the other k = 1   (paper Eq. 10)
+  for the selected encoder parameters: g <- k_u * g  (+ GE: N(0, (std(g) + 1e-8)^2) noise)
+only inside the inclusive epoch window [start_epoch, end_epoch]. All on the device: no host sync.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import METHODS
+from .base import MODALITIES, Method, modality_scores
+
+
+def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float, beta: float = 1.0,
+                     rule: str = "tanh") -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_audio, k_visual). Tie (rho = 1) follows the reference's else-branch: audio is damped.
+
+    rule=tanh:  k_dominant = 1 - tanh(alpha * rho)                   (paper Eq. 10; jumps at rho = 1)
+    rule=power: k_dominant = clamp(1 - alpha * (1 - 1/rho)^beta, 0, 1) (this project's continuous
+                variant, 1 at balance; an extension, not the paper's)
+    """
+    ratio_v = score_v / score_a
+    ratio_a = 1.0 / ratio_v
+    visual_dominant = ratio_v > 1  # a device bool tensor: torch.where, never a Python if
+    if rule == "tanh":
+        damp = lambda r: 1.0 - torch.tanh(alpha * r)  # noqa: E731
+    elif rule == "power":
+        damp = lambda r: (1.0 - alpha * (1.0 - 1.0 / r).clamp(min=0) ** beta).clamp(0.0, 1.0)  # noqa: E731
+    else:
+        raise ConfigError(f"modulation.coefficient={rule!r}; expected one of ['power', 'tanh']")
+    one = torch.ones_like(ratio_v)
+    k_a = torch.where(visual_dominant, one, damp(ratio_a))
+    k_v = torch.where(visual_dominant, damp(ratio_v), one)
+    return k_a, k_v
+
+
+def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    """In place: g <- k * g (+ eps, eps ~ N(0, sigma^2) per element, sigma = std(g) + 1e-8 of the
+    UNSCALED gradient, one sigma per tensor: the reference's merged GE, §1.5). Foreach ops, no sync."""
+    if not grads:
+        return
+    if generator is not None:
+        # order matters: sigma is taken before scaling, as the reference evaluates its RHS first
+        sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8  # [n_tensors]
+        numels = [g.numel() for g in grads]
+        noise = torch.randn(sum(numels), generator=generator, device=grads[0].device, dtype=grads[0].dtype)
+        noise = noise * sigma.to(noise.dtype).repeat_interleave(torch.tensor(numels, device=noise.device), output_size=len(noise))
+        torch._foreach_mul_(grads, k.to(grads[0].dtype))
+        torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split(numels), grads)])
+    else:
+        torch._foreach_mul_(grads, k.to(grads[0].dtype))
+
+
+@METHODS.register("ogm")
+class OGM(Method):
+    ge = False
+
+    def __init__(self, cfg, model, *, device, seed):
+        super().__init__(cfg, model, device=device, seed=seed)
+        self.alpha, self.beta, self.rule = float(cfg.alpha), float(cfg.get("beta", 1.0)), cfg.coefficient
+        self.start, self.end = int(cfg.start_epoch), int(cfg.end_epoch)
+        self.ge = bool(cfg.get("ge", self.ge))
+        # parameters picked once, by encoder module (never by name), not on every step
+        self.params = {m: model.encoder_params(m, cfg.scope) for m in MODALITIES}
+        # dedicated generator: GE noise is reproducible and does not shift any other random stream
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed + int(cfg.get("noise_seed_offset", 7919)))
+
+    def after_backward(self, model, out, batch, epoch):
+        if not self.start <= epoch <= self.end:  # Python ints: no device sync
+            return super().after_backward(model, out, batch, epoch)  # logged as applied: 1
+        s = self.reduce(modality_scores(out, batch.label))
+        k_a, k_v = ogm_coefficients(s[0], s[1], self.alpha, self.beta, self.rule)
+        gen = self.generator if self.ge else None
+        for m, k in (("audio", k_a), ("visual", k_v)):
+            modulate_([p.grad for p in self.params[m] if p.grad is not None], k, gen)
+        return {"mod/coeff_audio": k_a, "mod/coeff_visual": k_v}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+@METHODS.register("ogm_ge")
+class OGMGE(OGM):
+    ge = True
+
+
+@METHODS.register("none")
+class NoModulation(Method):
+    pass

@@ -1,0 +1,53 @@
+"""The audio-visual classifier: two encoders and a fusion head."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..registry import ENCODERS, FUSIONS
+from .fusion import FusionOutput
+
+
+def reference_init(m: nn.Module) -> None:
+    """The reference's weight_init: Kaiming (fan_out) convs, BatchNorm (1, 0), Xavier linears, zero bias."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Linear):
+        nn.init.xavier_normal_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class AVClassifier(nn.Module):
+    def __init__(self, encoders: dict[str, nn.Module], head: nn.Module):
+        super().__init__()
+        # methods select parameters through this dict, never by parsing parameter names
+        self.encoders = nn.ModuleDict(encoders)
+        self.head = head
+
+    def encode(self, audio: torch.Tensor, visual: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"audio": self.encoders["audio"](audio), "visual": self.encoders["visual"](visual)}
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> FusionOutput:
+        f = self.encode(audio, visual)
+        return self.head(f["audio"], f["visual"])
+
+    def encoder_params(self, modality: str, scope: str = "all") -> list[nn.Parameter]:
+        """`scope=conv`: the 4-D conv kernels only (the reference's `len(grad.size()) == 4`)."""
+        params = [p for p in self.encoders[modality].parameters() if p.requires_grad]
+        return [p for p in params if p.dim() == 4] if scope == "conv" else params
+
+    def head_params(self) -> list[nn.Parameter]:
+        return [p for p in self.head.parameters() if p.requires_grad]
+
+
+def build_model(model_cfg, fusion_cfg, num_classes: int) -> AVClassifier:
+    enc_kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+    encoders = ENCODERS.get(model_cfg.name)(**enc_kwargs)
+    fus_kwargs = {k: v for k, v in fusion_cfg.items() if k != "name"}
+    head = FUSIONS.get(fusion_cfg.name)(encoders["audio"].out_dim, encoders["visual"].out_dim, num_classes, **fus_kwargs)
+    model = AVClassifier(encoders, head)
+    model.apply(reference_init)
+    return model

@@ -1,0 +1,26 @@
+"""Optimizers and schedulers from the `optim` config group."""
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+
+def build_optimizer(cfg, param_groups: list[dict]) -> torch.optim.Optimizer:
+    groups = [g for g in param_groups if g["params"]]
+    if cfg.name == "sgd":  # reference: SGD(lr 1e-3, momentum 0.9, weight_decay 1e-4) on all parameters
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ConfigError(f"optim.name={cfg.name!r}; expected one of ['adam', 'adamw', 'sgd']")
+
+
+def build_scheduler(cfg, optimizer: torch.optim.Optimizer):
+    """Stepped once per epoch (the reference's fixed schedule: x0.1 at epoch 70)."""
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ConfigError(f"optim.scheduler={cfg.scheduler!r}; expected one of ['none', 'step']")

@@ -1,0 +1,173 @@
+"""The training loop. Reads top to bottom; never names a dataset, fusion or method."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from . import data as _data  # noqa: F401  (registers datasets)
+from . import methods as _methods  # noqa: F401  (registers methods)
+from .config import resolve_device, validate
+from .errors import ConfigError, NonFiniteLossError
+from .evaluate import evaluate
+from .logger import build_logger
+from .meter import DeviceMeter
+from .models import build_model
+from .optim import build_optimizer, build_scheduler
+from .plots import plot_run
+from .registry import DATASETS, METHODS
+from .rundir import MetricsLog, atomic_write_text, load_checkpoint, meta, save_checkpoint, write_json
+
+log = logging.getLogger("avbalance")
+TRACE = ("mod/ratio", "mod/coeff_audio", "mod/coeff_visual")
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _steps_csv(path: Path, start_epoch: int) -> list[tuple]:
+    """Per-step modulation trace; rows of epochs >= start_epoch are dropped (resume)."""
+    rows = []
+    if start_epoch > 0 and path.exists():
+        for line in path.read_text().splitlines()[1:]:
+            parts = line.split(",")
+            if int(parts[0]) < start_epoch:
+                rows.append((int(parts[0]), int(parts[1]), *map(float, parts[2:])))
+    atomic_write_text(path, "epoch,step,ratio,coeff_audio,coeff_visual\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return rows
+
+
+def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict:
+    """Train one run into `run_dir`; returns the summary. `callbacks(epoch, row)` run after each
+    epoch's checkpoint is written (tests use them to interrupt a run)."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "ckpt"
+    choices = dict(choices or {})
+
+    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size,
+                                            num_workers=cfg.num_workers, device=device)
+    torch.manual_seed(cfg.seed)  # model init depends on the seed only, not on what came before
+    model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)
+    method = METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model))
+    scheduler = build_scheduler(cfg.optim, optimizer)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
+
+    start_epoch, best = 0, {"epoch": -1, "acc": -1.0, "metrics": {}}
+    if cfg.resume:
+        last = ckpt_dir / "last.pt"
+        if not last.exists():
+            raise ConfigError(f"resume=true but {last} does not exist; set hydra.run.dir=<the run's directory>")
+        state = load_checkpoint(last, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"], device)
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        log.info("resumed from %s at epoch %d", last, start_epoch)
+    else:
+        atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(run_dir / "meta.json", meta(device, choices, cfg.seed))
+    metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch)
+    steps = _steps_csv(run_dir / "steps.csv", start_epoch)
+    logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    sel = data.selection_split
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        method.on_epoch_start(epoch, {"model": model, "data": data, "optimizer": optimizer})
+        meter = DeviceMeter(TRACE)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        n_seen = 0
+        bar = tqdm(data.train_batches(epoch, device), total=data.num_batches("train"), desc=f"epoch {epoch}",
+                   leave=False, disable=None, file=sys.stderr)  # disable=None: quiet when not a terminal
+        for batch in bar:
+            with autocast():
+                feats = model.encode(batch.audio, batch.visual)
+                feats = method.transform_features(feats, batch, epoch)
+                out = model.head(feats["audio"], feats["visual"])
+                loss, logs = method.loss(out, batch, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            method.backward(loss)
+            logs |= method.after_backward(model, out, batch, epoch)  # modulates this step's raw gradients
+            optimizer.step()
+            meter.add(logs)
+            nonfinite |= ~torch.isfinite(loss.detach())  # a device flag: read once, at the epoch's end
+            n_seen += len(batch)
+        means, traces = meter.read()  # the epoch's one host sync of the training metrics
+        if nonfinite.item():
+            raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, last good checkpoint kept in {ckpt_dir} "
+                                     f"(try a lower optim.lr or precision=fp32)")
+        train_seconds = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        method.on_epoch_end(epoch, {"model": model, "data": data, "optimizer": optimizer})
+        val = evaluate(model, data, sel, device, cfg.precision)
+
+        row = {"epoch": epoch, **{k: v for k, v in means.items() if not k.startswith("mod/")},
+               **{f"val/{k}": v for k, v in val.items()},
+               "mod/ratio_mean": means["mod/ratio"], "mod/coeff_audio_mean": means["mod/coeff_audio"],
+               "mod/coeff_visual_mean": means["mod/coeff_visual"], "lr": lr,
+               "epoch_seconds": time.perf_counter() - t0, "samples_per_second": n_seen / train_seconds}
+        new_steps = [(epoch, i, *vals) for i, vals in enumerate(zip(*(traces[k] for k in TRACE)))]
+        if val["acc"] > best["acc"]:
+            best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}
+            save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+        save_checkpoint(ckpt_dir / "last.pt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device)})
+        # logs after the checkpoint: a crash in between repeats the epoch's lines, never loses them
+        metrics.append(row)
+        with open(run_dir / "steps.csv", "a") as f:
+            f.writelines(",".join(map(str, r)) + "\n" for r in new_steps)
+        steps += new_steps
+        logger.log(row, step=epoch)
+        log.info("epoch %d  loss %.4f  %s acc %.4f (audio %.4f, visual %.4f)  k_a %.3f k_v %.3f  %.0f samples/s",
+                 epoch, row["train/loss"], sel, val["acc"], val["acc_audio"], val["acc_visual"],
+                 row["mod/coeff_audio_mean"], row["mod/coeff_visual_mean"], row["samples_per_second"])
+        for cb in callbacks:
+            cb(epoch, row)
+
+    summary = {"selected_epoch": best["epoch"], "selection_split": sel, "best": best["metrics"],
+               "last": metrics.rows[-1] if metrics.rows else {}, "choices": choices, "seed": cfg.seed,
+               "epochs": cfg.epochs, "dataset": cfg.dataset.name}
+    if "test" in data.split_names and sel != "test":
+        # the test split is measured only here: on the last and on the selected checkpoint
+        summary.update({f"last_test/{k}": v for k, v in evaluate(model, data, "test", device, cfg.precision).items()})
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
+        summary.update({f"test/{k}": v for k, v in evaluate(model, data, "test", device, cfg.precision).items()})
+    write_json(run_dir / "summary.json", summary)
+    plot_run(metrics.rows, steps, run_dir / "curves.png")
+    logger.finish()
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The short table a run ends with: fused, audio-only and visual-only accuracy."""
+    lines = [f"{'':<24}{'fused':>8}{'audio':>8}{'visual':>8}"]
+    b = summary["best"]
+    lines.append(f"{summary['selection_split'] + ' (epoch ' + str(summary['selected_epoch']) + ')':<24}"
+                 f"{b['val/acc']:>8.4f}{b['val/acc_audio']:>8.4f}{b['val/acc_visual']:>8.4f}")
+    if "test/acc" in summary:
+        lines.append(f"{'test (selected epoch)':<24}{summary['test/acc']:>8.4f}{summary['test/acc_audio']:>8.4f}{summary['test/acc_visual']:>8.4f}")
+    return "\n".join(lines)

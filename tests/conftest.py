@@ -1,0 +1,25 @@
+"""Shared fixtures: compose configs in-process (no subprocess per case), tiny shapes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+SHARED = ROOT.parent / "shared"
+
+# a toy dataset small enough for a 2-step run
+TINY = ["dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64", "dataset.spec_shape=[16,12]",
+        "dataset.image_size=12", "model.width=4", "batch_size=64", "device=cpu"]
+
+
+def make_cfg(*overrides: str, tiny: bool = True):
+    with initialize_config_dir(version_base=None, config_dir=str(CONFIG_DIR)):
+        return compose("train", overrides=(TINY if tiny else []) + list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg

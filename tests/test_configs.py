@@ -1,0 +1,94 @@
+"""Every option of every config group composes; bad input fails before training, in one line."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from avbalance.config import check_group_overrides, resolve_device, validate
+from avbalance.errors import ConfigError, DataNotPreparedError
+from avbalance.trainer import train
+
+from conftest import CONFIG_DIR, ROOT, make_cfg
+
+GROUPS = ["dataset", "model", "fusion", "modulation", "optim", "logger"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes_and_validates(group):
+    assert options(group), f"configs/{group} is empty"
+    for option in options(group):
+        cfg = make_cfg(f"{group}={option}", tiny=False)
+        validate(cfg)
+        assert cfg[group].name == option or group == "dataset"
+
+
+def test_real_datasets_declare_shapes_and_default_to_resnet18():
+    expected = {"cremad": (6, [257, 188], 1), "kinetics_sounds": (31, [257, 1004], 3),
+                "vggsound": (309, [129, 626], 3), "ave": (28, [257, 1004], 3)}
+    for name, (classes, shape, frames) in expected.items():
+        cfg = make_cfg(f"dataset={name}", tiny=False)
+        assert (cfg.dataset.num_classes, list(cfg.dataset.spec_shape), cfg.dataset.frames) == (classes, shape, frames)
+        assert cfg.model.name == "resnet18" and cfg.epochs == 100
+    assert make_cfg(tiny=False).model.name == "tiny"
+
+
+def test_reference_defaults():
+    cfg = make_cfg("dataset=cremad", tiny=False)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 1e-3, 0.9, 1e-4)
+    assert (cfg.optim.step_size, cfg.optim.gamma, cfg.batch_size) == (70, 0.1, 64)
+    m = cfg.modulation
+    assert (m.name, m.alpha, m.start_epoch, m.end_epoch, m.scope, m.coefficient, m.ge) == ("ogm_ge", 0.8, 0, 50, "conv", "tanh", True)
+    assert make_cfg("dataset=vggsound", tiny=False).modulation.alpha == 0.1
+
+
+@pytest.mark.parametrize("override, key", [
+    (["modulation.alpha=-0.1"], "modulation.alpha"),
+    (["modulation.start_epoch=10", "modulation.end_epoch=5"], "modulation.start_epoch"),
+    (["modulation.scope=bn"], "modulation.scope"),
+    (["modulation.coefficient=exp"], "modulation.coefficient"),
+    (["modulation.coefficient=power", "modulation.beta=0"], "modulation.beta"),
+    (["precision=fp16"], "precision"),
+    (["device=tpu"], "device"),
+    (["epochs=0"], "epochs"),
+])
+def test_bad_values_fail_with_one_line_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        validate(make_cfg(*override))
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cuda_without_cuda_is_rejected(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_unknown_group_option_is_one_line():
+    with pytest.raises(ConfigError, match=r"modulation='ogm_gee' is not a modulation option; expected one of \['none', 'ogm', 'ogm_ge'\]"):
+        check_group_overrides(["modulation=ogm_gee"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match="fusion='attention'"):
+        check_group_overrides(["-m", "fusion=concat,attention"], CONFIG_DIR)
+    check_group_overrides(["-m", "fusion=concat,sum,film,gated", "modulation=none,ogm_ge", "seed=0,1", "modulation.alpha=0.3"], CONFIG_DIR)
+
+
+def test_entrypoint_errors_are_one_line_and_exit_2(tmp_path):
+    for args, needle in ((["modulation=nope"], "modulation='nope'"),
+                         (["modulation.alpha=-1"], "modulation.alpha"),
+                         (["dataset=cremad", f"data_root={tmp_path}"], "python -m data_prep.cremad")):
+        p = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        lines = [ln for ln in p.stderr.strip().splitlines() if ln]
+        assert p.returncode == 2, p.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+
+
+def test_unprepared_dataset_names_the_prep_command(tmp_path):
+    cfg = make_cfg("dataset=cremad", f"data_root={tmp_path}", "device=cpu", tiny=False)
+    with pytest.raises(DataNotPreparedError, match="python -m data_prep.cremad"):
+        train(cfg, tmp_path / "run")
