@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: help install test test-all demo clean
+.PHONY: help install test test-all demo clean data-avdigits data-cremad data-ave data-kinetics_sounds data-vggsound data-custom
+RAW ?= raw
+DATA ?= data
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,3 +27,21 @@ demo:  ## train on the built-in toy dataset (CPU, about a minute)
 clean:  ## remove run outputs and caches
 	rm -rf runs outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+data-avdigits:  ## prepare the real small avdigits set from ../shared/data (FSDD + MNIST)
+	$(BIN)/python -m data_prep.avdigits --fsdd $(SHARED)/data/fsdd --mnist $(SHARED)/data/mnist --out $(DATA)/avdigits
+
+data-cremad:  ## prepare CREMA-D: make data-cremad RAW=<dir with AudioWAV/ VideoFlash/>
+	$(BIN)/python -m data_prep.cremad --raw $(RAW) --out $(DATA)/cremad --splits $(SHARED)/data/splits/cremad
+
+data-ave:  ## prepare AVE: make data-ave RAW=<dir with AVE/*.mp4>
+	$(BIN)/python -m data_prep.ave --raw $(RAW) --out $(DATA)/ave --splits $(SHARED)/data/splits/ave
+
+data-kinetics_sounds:  ## prepare Kinetics-Sounds: make data-kinetics_sounds RAW=<folder of clips>
+	$(BIN)/python -m data_prep.kinetics_sounds --raw $(RAW) --out $(DATA)/kinetics_sounds --splits $(SHARED)/data/splits/kinetics_sounds
+
+data-vggsound:  ## prepare VGGSound: make data-vggsound RAW=<dir with video/ and vggsound.csv>
+	$(BIN)/python -m data_prep.vggsound --raw $(RAW) --out $(DATA)/vggsound --jpeg
+
+data-custom:  ## prepare your own data: make data-custom MANIFEST=<clips.csv>
+	$(BIN)/python -m data_prep.custom --manifest $(MANIFEST) --out $(DATA)/custom
