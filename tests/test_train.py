@@ -121,3 +121,8 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     train(make_cfg("epochs=1", "logger=wandb"), tmp_path / "run")
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_bf16_autocast_run(tmp_path):
+    summary = train(make_cfg("epochs=1", "precision=bf16", "fusion=film"), tmp_path)
+    assert 0.0 <= summary["test/acc"] <= 1.0

@@ -1,0 +1,343 @@
+"""`prepared`: the loader of every dataset that data_prep/ wrote (format: data_prep/store.py).
+
+Per batch the CPU only does one sorted, batched read from the memory-mapped arrays (uint8
+frames, float16 spectrograms) in a background thread or DataLoader workers. The batch goes to
+the device as uint8/float16 (pinned, non_blocking) and the augmentation runs there, in batch:
+
+  train: RandomResizedCrop(image_size, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip 0.5,
+         per frame (the reference) or per clip (`crop_per: clip`), then ImageNet normalisation;
+  eval:  Resize((image_size, image_size)) (the reference's test transform, no centre crop).
+
+Frames fed per clip (`frames`) are picked from the clip's stored frames (`frame_selection`):
+  even      centres of `frames` equal segments of the stored frames (default; the fix)
+  random    one random frame in each segment, drawn per epoch (training only; eval uses even)
+  reference the first stored frame(s), as the reference code's unused-index bug does
+Audio: `audio_crop: N` keeps N spectrogram columns, a random window in training and the centred
+one in evaluation (the reference also crops randomly at test time on VGGSound: a deviation).
+
+All randomness comes from epoch_generator(seed, epoch, stream), so a resumed run reproduces.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import ConfigError, DataNotPreparedError
+from ..registry import DATASETS
+from .base import Batch, epoch_generator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STREAM_ORDER, STREAM_PICK, STREAM_AUG = 0, 1, 2  # independent random streams of one epoch
+
+
+# ----------------------------------------------------------------------------- reading (CPU)
+
+class SplitArrays:
+    """The arrays of one split. Memmaps open lazily, so DataLoader workers open their own
+    instead of receiving pickled array data."""
+
+    def __init__(self, split_dir: Path):
+        self.dir = Path(split_dir)
+        self.format = json.loads((self.dir / "format.json").read_text())
+        self.jpeg = self.format["jpeg"]
+        self._a = None
+
+    def __getstate__(self):  # never pickle the memmaps
+        return {**self.__dict__, "_a": None}
+
+    @property
+    def a(self) -> dict:
+        if self._a is None:
+            names = ["labels", "n_frames", "audio", "frames_index" if self.jpeg else "frames"]
+            self._a = {k: np.load(self.dir / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in names}
+            if self.jpeg:
+                self._a["blob"] = np.memmap(self.dir / "frames.jpg.bin", dtype=np.uint8, mode="r")
+        return self._a
+
+    def read_frames(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """rows [B] sorted, pos [B, T] stored-frame indices -> uint8 [B, T, H, W, 3]."""
+        if not self.jpeg:
+            return self.a["frames"][rows[:, None], pos]  # one gather over the memmap
+        idx = self.a["frames_index"][rows[:, None], pos]  # [B, T, 2] (offset, length)
+        blob = self.a["blob"]
+        out = [cv2.imdecode(blob[o:o + n], cv2.IMREAD_COLOR)[..., ::-1] for o, n in idx.reshape(-1, 2)]
+        return np.stack(out).reshape(*pos.shape, *out[0].shape)
+
+
+class EpochReader(torch.utils.data.Dataset):
+    """Item k = batch k of one epoch's plan, read from disk. The plan (which rows, which stored
+    frames, where the audio window starts) is drawn up front in the main process, so workers
+    hold no randomness of their own."""
+
+    def __init__(self, arrays: SplitArrays, batches: list[np.ndarray], frame_pos: np.ndarray,
+                 audio_start: np.ndarray, audio_len: int):
+        self.arrays, self.batches = arrays, batches
+        self.frame_pos, self.audio_start, self.audio_len = frame_pos, audio_start, audio_len
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rows = np.sort(self.batches[k])  # sorted: the memmap is read front to back
+        a = self.arrays.a
+        frames = self.arrays.read_frames(rows, self.frame_pos[rows])          # [B, T, H, W, 3] uint8
+        audio = a["audio"][rows]                                               # [B, F, Tstored] f16
+        cols = self.audio_start[rows, None] + np.arange(self.audio_len)        # [B, c]
+        audio = np.take_along_axis(audio, cols[:, None, :], axis=2)            # [B, F, c]
+        return {"audio": torch.from_numpy(audio), "frames": torch.from_numpy(frames),
+                "label": torch.from_numpy(a["labels"][rows].astype(np.int64)),
+                "index": torch.from_numpy(rows.astype(np.int64))}
+
+
+def _pin(batch: dict) -> dict:
+    return {k: v.pin_memory() for k, v in batch.items()}
+
+
+def _thread_prefetch(reader: EpochReader, pin: bool, depth: int = 3):
+    """Read batches in a background thread, `depth` ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for k in range(len(reader)):
+                b = reader[k]
+                item = _pin(b) if pin else b
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+        except BaseException as e:  # surface reader errors in the consumer
+            q.put(e)
+        q.put(None)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (break, exception): let the thread end
+
+
+# ----------------------------------------------------------------------------- choices (CPU, seeded)
+
+def pick_frames(n_stored: np.ndarray, t: int, policy: str, g: torch.Generator | None = None) -> np.ndarray:
+    """Stored-frame indices to feed, per clip: n_stored [N] (>= 1) -> [N, t] int64."""
+    n = torch.from_numpy(n_stored.astype(np.int64)).clamp(min=1)[:, None]  # [N, 1]
+    if policy == "reference":
+        return torch.minimum(torch.arange(t)[None, :], n - 1).numpy()
+    if policy == "even":
+        u = torch.full((len(n), t), 0.5, dtype=torch.float64)                # segment centres
+    elif policy == "random":
+        u = torch.rand(len(n), t, generator=g, dtype=torch.float64)          # anywhere in the segment
+    else:
+        raise ConfigError(f"frame_selection must be even, random or reference, got '{policy}'")
+    pos = ((torch.arange(t)[None, :] + u) * n / t).floor().long()            # [N, t]
+    return torch.minimum(pos, n - 1).numpy()
+
+
+def _central_crop_size(H: int, W: int, ratio) -> tuple[int, int]:
+    if W / H < ratio[0]:
+        return W, int(round(W / ratio[0]))
+    if W / H > ratio[1]:
+        return int(round(H * ratio[1])), H
+    return W, H
+
+
+def random_resized_crop_boxes(n: int, H: int, W: int, g: torch.Generator, scale=(0.08, 1.0),
+                              ratio=(3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """torchvision's RandomResizedCrop.get_params for n crops at once -> [n, 4] (x1, y1, x2, y2)
+    in pixels: up to 10 tries of (area, log-uniform ratio), else the central crop clamped to ratio."""
+    area = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=g) * (H * W)
+    log_r = torch.log(torch.tensor(ratio))
+    aspect = torch.exp(torch.empty(n, attempts).uniform_(log_r[0].item(), log_r[1].item(), generator=g))
+    w, h = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()  # [n, attempts]
+    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    first = ok.int().argmax(dim=1, keepdim=True)                         # first valid try
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    u = torch.rand(n, 2, generator=g)
+    y, x = (u[:, 0] * (H - h + 1)).floor(), (u[:, 1] * (W - w + 1)).floor()
+    # fallback (no valid try): the whole image clamped to the ratio range, centred
+    fw, fh = _central_crop_size(H, W, ratio)
+    bad = ~ok.any(dim=1)
+    w, h = torch.where(bad, float(fw), w), torch.where(bad, float(fh), h)
+    y, x = torch.where(bad, float((H - fh) // 2), y), torch.where(bad, float((W - fw) // 2), x)
+    return torch.stack([x, y, x + w, y + h], dim=1)
+
+
+# ----------------------------------------------------------------------------- transforms (device, batched)
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    """[K, 3, S, S] in 0..255 -> ImageNet-normalised float, (x / 255 - mean) / std in one pass."""
+    std = torch.tensor(IMAGENET_STD, device=x.device)
+    scale = (1 / (255 * std)).view(1, 3, 1, 1)
+    shift = (-torch.tensor(IMAGENET_MEAN, device=x.device) / std).view(1, 3, 1, 1)
+    return torch.addcmul(shift, x.float(), scale)
+
+
+def _to_clip_layout(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """[B*T, 3, S, S] -> [B, 3, T, S, S], a view of the contiguous frames-first tensor: the
+    encoder's transpose back to [B, T, 3, S, S] costs no copy."""
+    return x.view(B, T, *x.shape[1:]).transpose(1, 2)
+
+
+def _nchw(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> contiguous uint8 [B*T, 3, H, W] (cheap: uint8, one copy)."""
+    B, T, H, W, _ = frames.shape
+    return frames.reshape(B * T, H, W, 3).permute(0, 3, 1, 2).contiguous()
+
+
+def train_frames(frames: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] on the device, boxes [B*T, 4] (x1, y1, x2, y2) pixels, flips [B*T]
+    -> RandomResizedCrop + flip + normalise -> [B, 3, T, size, size] float32."""
+    B, T, H, W, _ = frames.shape
+    x = _nchw(frames)                                                        # [B*T, 3, H, W] uint8
+    flips = flips.to(x.device).view(-1, 1, 1, 1)
+    # flip(crop(img, box)) == crop(flip(img), mirrored box): flip the small uint8 input rather
+    # than the float output, and mirror the box; torch.where keeps it free of host syncs
+    x = torch.where(flips, x.flip(-1), x).float()
+    boxes = boxes.to(x)
+    x1 = torch.where(flips.view(-1), W - boxes[:, 2], boxes[:, 0])
+    x2 = torch.where(flips.view(-1), W - boxes[:, 0], boxes[:, 2])
+    rois = torch.stack([torch.arange(B * T, device=x.device, dtype=x.dtype), x1, boxes[:, 1], x2, boxes[:, 3]], dim=1)
+    # roi_align = crop + bilinear resize of every box in one call; with sampling_ratio -1 it
+    # averages ceil(box/size) samples per output pixel, i.e. antialiasing when shrinking
+    x = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return _to_clip_layout(_normalise(x), B, T)
+
+
+def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> Resize((size, size)) + normalise -> [B, 3, T, size, size] float32.
+    The resize runs on uint8 and rounds to uint8, as the reference's PIL Resize before ToTensor."""
+    B, T, H, W, _ = frames.shape
+    x = _nchw(frames)
+    if (H, W) != (size, size):
+        x = TF.resize(x, [size, size], antialias=True)
+    return _to_clip_layout(_normalise(x), B, T)
+
+
+# ----------------------------------------------------------------------------- the DataModule
+
+class PreparedData:
+    def __init__(self, cfg, *, seed: int, batch_size: int, num_workers: int = 0, device=None):
+        self.name, self.root = cfg.name, Path(cfg.root)
+        if not (self.root / "manifest.json").exists():
+            raise DataNotPreparedError(f"dataset '{self.name}' is not prepared at {self.root}: run `{cfg.prep_command}`")
+        manifest = json.loads((self.root / "manifest.json").read_text())
+        self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
+        self.device = torch.device(device or "cpu")
+        self.frames, self.image_size = int(cfg.frames), int(cfg.image_size)
+        self.frame_selection = cfg.get("frame_selection", "even")
+        self.crop_per = cfg.get("crop_per", "frame")
+        if self.crop_per not in ("frame", "clip"):
+            raise ConfigError(f"crop_per must be frame or clip, got '{self.crop_per}'")
+        pick_frames(np.ones(1), 1, self.frame_selection, torch.Generator())  # validates the policy early
+
+        self.splits = {d.name: SplitArrays(d) for d in sorted(self.root.iterdir()) if (d / "format.json").exists()}
+        order = {"train": 0, "val": 1, "test": 2}
+        self.split_names = sorted(self.splits, key=lambda s: (order.get(s, 3), s))
+        if "train" not in self.splits:
+            raise DataNotPreparedError(f"dataset '{self.name}' at {self.root} has no train split: run `{cfg.prep_command}`")
+        self.selection_split = cfg.selection_split
+        if self.selection_split not in self.splits:
+            raise ConfigError(f"dataset '{self.name}': selection_split '{self.selection_split}' is not prepared at "
+                              f"{self.root} (splits: {', '.join(self.split_names)}); pick one of those")
+        self.num_classes = int(cfg.num_classes)
+        self.class_names = list(manifest.get("class_names") or [str(i) for i in range(self.num_classes)])
+        if len(self.class_names) != self.num_classes:
+            raise ConfigError(f"dataset '{self.name}': num_classes is {self.num_classes} but {self.root} "
+                              f"was prepared with {len(self.class_names)} classes")
+        # rows with label -1 (skipped or never written) are not part of the dataset
+        self.rows = {s: np.flatnonzero(np.asarray(a.a["labels"]) >= 0) for s, a in self.splits.items()}
+        self.audio_len = self._check_audio(cfg)
+
+    def _check_audio(self, cfg) -> int:
+        F_, T_ = self.splits["train"].format["audio_shape"]
+        crop = cfg.get("audio_crop")
+        if crop is not None and not 0 < int(crop) <= T_:
+            raise ConfigError(f"dataset '{self.name}': audio_crop {crop} is outside 1..{T_} (stored columns)")
+        c = T_ if crop is None else int(crop)
+        want = cfg.get("spec_shape")
+        if want is not None and [F_, c] != list(want):
+            raise ConfigError(f"dataset '{self.name}': spec_shape {list(want)} but the prepared audio gives "
+                              f"[{F_}, {c}] at {self.root}; fix spec_shape or audio_crop")
+        return c
+
+    def num_batches(self, split: str) -> int:
+        return -(-len(self.rows[split]) // self.batch_size)
+
+    def _reader(self, split: str, order: np.ndarray, frame_policy: str, audio_random: bool, g) -> EpochReader:
+        a = self.splits[split]
+        n_stored = np.asarray(a.a["n_frames"])
+        frame_pos = pick_frames(n_stored, self.frames, frame_policy, g)        # [N, frames], by row
+        spare = a.format["audio_shape"][1] - self.audio_len                     # free columns to place the crop in
+        if audio_random:
+            start = torch.randint(0, spare + 1, (len(n_stored),), generator=g).numpy()
+        else:
+            start = np.full(len(n_stored), spare // 2)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return EpochReader(a, batches, frame_pos, start, self.audio_len)
+
+    def _cpu_batches(self, reader: EpochReader, device: torch.device):
+        pin = device.type == "cuda"
+        if self.num_workers == 0:
+            return _thread_prefetch(reader, pin)
+        return iter(torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                                pin_memory=pin, prefetch_factor=4))
+
+    @staticmethod
+    def _to_device(b: dict, device) -> dict:
+        return {k: v.to(device, non_blocking=True) for k, v in b.items()}
+
+    def _audio(self, a: torch.Tensor) -> torch.Tensor:
+        return a.float().unsqueeze(1)                                           # [B, F, c] f16 -> [B, 1, F, c]
+
+    def train_batches(self, epoch: int, device=None):
+        device = torch.device(device or self.device)
+        rows = self.rows["train"]
+        order = rows[torch.randperm(len(rows), generator=epoch_generator(self.seed, epoch, STREAM_ORDER)).numpy()]
+        policy = "random" if self.frame_selection == "random" else self.frame_selection
+        reader = self._reader("train", order, policy, True, epoch_generator(self.seed, epoch, STREAM_PICK))
+        g = epoch_generator(self.seed, epoch, STREAM_AUG)
+        for b in self._cpu_batches(reader, device):
+            B, T, H, W, _ = b["frames"].shape
+            k = B * T if self.crop_per == "frame" else B                        # one crop per frame or per clip
+            boxes = random_resized_crop_boxes(k, H, W, g)
+            flips = torch.rand(k, generator=g) < 0.5
+            if self.crop_per == "clip":                                         # [B, 4] -> [B*T, 4]
+                boxes, flips = boxes.repeat_interleave(T, 0), flips.repeat_interleave(T, 0)
+            b = self._to_device(b, device)
+            yield Batch(self._audio(b["audio"]),
+                        train_frames(b["frames"], boxes.to(device, non_blocking=True), flips.to(device), self.image_size),
+                        b["label"], b["index"])
+
+    def eval_batches(self, split: str, device=None):
+        device = torch.device(device or self.device)
+        if split not in self.splits:
+            raise ConfigError(f"dataset '{self.name}' has no split '{split}' at {self.root} (splits: {', '.join(self.split_names)})")
+        policy = "reference" if self.frame_selection == "reference" else "even"  # eval never draws frames
+        reader = self._reader(split, self.rows[split], policy, False, None)
+        for b in self._cpu_batches(reader, device):
+            b = self._to_device(b, device)
+            yield Batch(self._audio(b["audio"]), eval_frames(b["frames"], self.image_size), b["label"], b["index"])
+
+
+@DATASETS.register("prepared")
+def build(cfg_dataset, *, seed: int, batch_size: int, num_workers: int = 0, device=None) -> PreparedData:
+    return PreparedData(cfg_dataset, seed=seed, batch_size=batch_size, num_workers=num_workers, device=device)
