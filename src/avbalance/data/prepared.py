@@ -312,8 +312,7 @@ class PreparedData:
         device = torch.device(device or self.device)
         rows = self.rows["train"]
         order = rows[torch.randperm(len(rows), generator=epoch_generator(self.seed, epoch, STREAM_ORDER)).numpy()]
-        policy = "random" if self.frame_selection == "random" else self.frame_selection
-        reader = self._reader("train", order, policy, True, epoch_generator(self.seed, epoch, STREAM_PICK))
+        reader = self._reader("train", order, self.frame_selection, True, epoch_generator(self.seed, epoch, STREAM_PICK))
         g = epoch_generator(self.seed, epoch, STREAM_AUG)
         for b in self._cpu_batches(reader, device):
             B, T, H, W, _ = b["frames"].shape

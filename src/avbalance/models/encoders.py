@@ -20,12 +20,14 @@ def _resnet18_trunk(in_channels: int) -> nn.Module:
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
-def _tiny_trunk(in_channels: int, width: int) -> nn.Module:
-    """Two strided conv blocks: enough to learn the toy patterns on a CPU in seconds."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-    )
+def _small_trunk(in_channels: int, width: int, depth: int) -> nn.Module:
+    """`depth` strided conv blocks, width doubling each block: a CPU-sized conv net."""
+    layers, c_in = [], in_channels
+    for i in range(depth):
+        c_out = width * 2**i
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        c_in = c_out
+    return nn.Sequential(*layers)
 
 
 class AudioEncoder(nn.Module):
@@ -56,6 +58,13 @@ def resnet18_pair(**_) -> dict[str, nn.Module]:
 
 
 @ENCODERS.register("tiny")
-def tiny_pair(width: int = 16, **_) -> dict[str, nn.Module]:
-    return {"audio": AudioEncoder(_tiny_trunk(1, width), 2 * width),
-            "visual": VisualEncoder(_tiny_trunk(3, width), 2 * width)}
+def tiny_pair(width: int = 16, depth: int = 2, **_) -> dict[str, nn.Module]:
+    """Two blocks: enough for the toy textures, seconds on a CPU."""
+    out = width * 2 ** (depth - 1)
+    return {"audio": AudioEncoder(_small_trunk(1, width, depth), out), "visual": VisualEncoder(_small_trunk(3, width, depth), out)}
+
+
+@ENCODERS.register("small")
+def small_pair(width: int = 16, depth: int = 4, **_) -> dict[str, nn.Module]:
+    """Four blocks: a receptive field that covers a spoken digit's spectrogram or an MNIST digit."""
+    return tiny_pair(width, depth)
