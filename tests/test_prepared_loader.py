@@ -256,6 +256,3 @@ def test_early_stop_of_the_consumer_does_not_hang(root):
             break  # the prefetch thread must end on its own
     assert len(list(d.eval_batches("test"))) == 5
 
-
-def test_prepared_module_has_no_absolute_paths():
-    assert "/work/" not in Path(prepared.__file__).read_text()
