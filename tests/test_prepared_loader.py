@@ -1,5 +1,4 @@
 """avbalance.data.prepared: the loader of prepared datasets (format of data_prep/store.py)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ from omegaconf import OmegaConf
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from avbalance.data import prepared
 from avbalance.data.prepared import (IMAGENET_MEAN, IMAGENET_STD, build, eval_frames, pick_frames,
                                      random_resized_crop_boxes, train_frames)
 from avbalance.errors import ConfigError, DataNotPreparedError
