@@ -38,21 +38,30 @@ def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float,
     return k_a, k_v
 
 
-def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Generator | None = None) -> None:
+def noise_owner(grads: list[torch.Tensor]) -> torch.Tensor:
+    """[sum of numels]: for each element of the flattened gradients, the index of its tensor.
+    Built once per parameter list (a host-to-device copy), not on every step."""
+    numels = torch.tensor([g.numel() for g in grads])
+    return torch.repeat_interleave(torch.arange(len(grads)), numels).to(grads[0].device)
+
+
+def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Generator | None = None,
+              owner: torch.Tensor | None = None) -> None:
     """In place: g <- k * g (+ eps, eps ~ N(0, sigma^2) per element, sigma = std(g) + 1e-8 of the
     UNSCALED gradient, one sigma per tensor: the reference's merged GE, §1.5). Foreach ops, no sync."""
     if not grads:
         return
-    if generator is not None:
-        # order matters: sigma is taken before scaling, as the reference evaluates its RHS first
-        sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8  # [n_tensors]
-        numels = [g.numel() for g in grads]
-        noise = torch.randn(sum(numels), generator=generator, device=grads[0].device, dtype=grads[0].dtype)
-        noise = noise * sigma.to(noise.dtype).repeat_interleave(torch.tensor(numels, device=noise.device), output_size=len(noise))
-        torch._foreach_mul_(grads, k.to(grads[0].dtype))
-        torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split(numels), grads)])
-    else:
-        torch._foreach_mul_(grads, k.to(grads[0].dtype))
+    k = k.to(grads[0].dtype)
+    if generator is None:
+        torch._foreach_mul_(grads, k)
+        return
+    # order matters: sigma is taken before scaling, as the reference evaluates its RHS first
+    sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8  # [n_tensors]
+    owner = noise_owner(grads) if owner is None else owner
+    noise = torch.randn(owner.shape, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
+    noise = noise * sigma.to(noise.dtype)[owner]                            # [sum numels]
+    torch._foreach_mul_(grads, k)
+    torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split([g.numel() for g in grads]), grads)])
 
 
 @METHODS.register("ogm")
@@ -69,6 +78,7 @@ class OGM(Method):
         # dedicated generator: GE noise is reproducible and does not shift any other random stream
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + int(cfg.get("noise_seed_offset", 7919)))
+        self._owners: dict[str, torch.Tensor] = {}
 
     def after_backward(self, model, out, batch, epoch):
         if not self.start <= epoch <= self.end:  # Python ints: no device sync
@@ -77,8 +87,17 @@ class OGM(Method):
         k_a, k_v = ogm_coefficients(s[0], s[1], self.alpha, self.beta, self.rule)
         gen = self.generator if self.ge else None
         for m, k in (("audio", k_a), ("visual", k_v)):
-            modulate_([p.grad for p in self.params[m] if p.grad is not None], k, gen)
+            grads = [p.grad for p in self.params[m] if p.grad is not None]
+            if len(grads) == len(self.params[m]):  # the usual case: reuse the precomputed index
+                modulate_(grads, k, gen, self._owner(m))
+            else:
+                modulate_(grads, k, gen)
         return {"mod/coeff_audio": k_a, "mod/coeff_visual": k_v}
+
+    def _owner(self, modality: str) -> torch.Tensor:
+        if modality not in self._owners:
+            self._owners[modality] = noise_owner([p.grad for p in self.params[modality]])
+        return self._owners[modality]
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}
