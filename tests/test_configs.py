@@ -92,3 +92,8 @@ def test_unprepared_dataset_names_the_prep_command(tmp_path):
     cfg = make_cfg("dataset=cremad", f"data_root={tmp_path}", "device=cpu", tiny=False)
     with pytest.raises(DataNotPreparedError, match="python -m data_prep.cremad"):
         train(cfg, tmp_path / "run")
+
+
+def test_missing_mandatory_value_is_one_line():
+    with pytest.raises(ConfigError, match=r"^dataset.root must be set"):
+        validate(make_cfg("dataset=custom", "dataset.root=???", tiny=False))

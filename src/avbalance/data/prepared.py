@@ -258,7 +258,9 @@ class PreparedData:
         if self.selection_split not in self.splits:
             raise ConfigError(f"dataset '{self.name}': selection_split '{self.selection_split}' is not prepared at "
                               f"{self.root} (splits: {', '.join(self.split_names)}); pick one of those")
-        self.num_classes = int(cfg.num_classes)
+        if cfg.num_classes is None and not manifest.get("class_names"):
+            raise ConfigError(f"dataset '{self.name}': {self.root}/manifest.json lists no class_names; set dataset.num_classes")
+        self.num_classes = len(manifest["class_names"]) if cfg.num_classes is None else int(cfg.num_classes)
         self.class_names = list(manifest.get("class_names") or [str(i) for i in range(self.num_classes)])
         if len(self.class_names) != self.num_classes:
             raise ConfigError(f"dataset '{self.name}': num_classes is {self.num_classes} but {self.root} "
