@@ -460,12 +460,24 @@ class Runner:
                 yield from self._drain(self._pool, pending, window=4 * self.workers)  # bounded: results are big
             except _Broken as broken:    # `pending` still holds the clips not submitted yet
                 self.close()
+                self._check_workers_start()
                 for job in broken.jobs:
                     with self._new_pool(1) as alone:
                         try:
                             yield from self._drain(alone, deque([job]), window=1)
                         except _Broken:
                             yield job[0], "the decoder crashed its worker process on this clip"
+
+    def _check_workers_start(self) -> None:
+        """A broken pool is blamed on a clip only if a fresh worker can run a trivial job; else no
+        worker can start at all (e.g. a calling script without an `if __name__ == "__main__":` guard,
+        which the fork server must re-import) and every clip would be skipped for nothing."""
+        try:
+            with self._new_pool(1) as probe:
+                probe.submit(int).result()
+        except BrokenProcessPool:
+            raise UserError("preparation worker processes cannot start; if you call data_prep from your own "
+                            "script, put the call under `if __name__ == \"__main__\":` (or use --workers 0)") from None
 
     @staticmethod
     def _drain(pool, queue: deque, window: int):
