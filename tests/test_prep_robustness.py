@@ -150,3 +150,16 @@ def test_non_finite_features_are_skipped_not_fatal(tmp_path):
     custom.main(["--manifest", str(tmp_path / "clips.csv"), "--out", str(tmp_path / "out"), *SMALL])
     split = json.loads((tmp_path / "out" / "manifest.json").read_text())["splits"]["train"]
     assert split["written"] == 2 and split["skipped"][0][0] == "k1" and "non-finite" in split["skipped"][0][1]
+
+
+def test_workers_that_cannot_start_are_reported_not_blamed_on_clips(raw, tmp_path):
+    # a script without a __main__ guard: the fork server re-imports it and no worker ever starts
+    script = tmp_path / "unguarded.py"
+    script.write_text("from data_prep import cremad\n"
+                      f"cremad.main(['--raw', {str(raw)!r}, '--out', {str(tmp_path / 'out')!r}, '--frame-size', '32', '--workers', '2'])\n")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert p.returncode != 0
+    assert "worker processes cannot start" in p.stderr and "__main__" in p.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
