@@ -10,8 +10,6 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from . import data as _data  # noqa: F401  (registers datasets)
-from . import methods as _methods  # noqa: F401  (registers methods)
 from .config import resolve_device, validate
 from .errors import ConfigError, NonFiniteLossError
 from .evaluate import evaluate

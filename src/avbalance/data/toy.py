@@ -8,6 +8,8 @@ best fused model needs both, which is the situation OGM-GE is for.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ def _textures(n: int, kernels: torch.Tensor, labels: torch.Tensor, shape: tuple[
     """Unit-variance class textures: white noise filtered by the class's kernel. -> [n, *shape]"""
     c, h, w = shape[-3], shape[-2], shape[-1]
     lead = shape[:-3]
-    field = torch.randn(n * int(torch.tensor(lead).prod()) * c, 1, h + 4, w + 4, generator=g)
+    field = torch.randn(n * math.prod(lead) * c, 1, h + 4, w + 4, generator=g)
     k = kernels[labels].repeat_interleave(field.shape[0] // n, dim=0)           # [N', 5, 5]
     out = F.conv2d(field.view(1, -1, h + 4, w + 4), k.unsqueeze(1), groups=k.shape[0])  # [1, N', h, w]
     out = out.view(n, *lead, c, h, w)

@@ -65,14 +65,13 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Gener
 
 
 @METHODS.register("ogm")
+@METHODS.register("ogm_ge")  # the same method; ogm_ge.yaml turns `ge` on
 class OGM(Method):
-    ge = False
-
     def __init__(self, cfg, model, *, device, seed):
         super().__init__(cfg, model, device=device, seed=seed)
         self.alpha, self.beta, self.rule = float(cfg.alpha), float(cfg.get("beta", 1.0)), cfg.coefficient
         self.start, self.end = int(cfg.start_epoch), int(cfg.end_epoch)
-        self.ge = bool(cfg.get("ge", self.ge))
+        self.ge = bool(cfg.ge)
         # parameters picked once, by encoder module (never by name), not on every step
         self.params = {m: model.encoder_params(m, cfg.scope) for m in MODALITIES}
         # dedicated generator: GE noise is reproducible and does not shift any other random stream
@@ -104,11 +103,6 @@ class OGM(Method):
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
-
-
-@METHODS.register("ogm_ge")
-class OGMGE(OGM):
-    ge = True
 
 
 @METHODS.register("none")
