@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from avbalance import schema
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 SHARED = ROOT.parent / "shared"
@@ -16,6 +18,7 @@ TINY = ["dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64", "dataset
 
 
 def make_cfg(*overrides: str, tiny: bool = True):
+    schema.register()
     with initialize_config_dir(version_base=None, config_dir=str(CONFIG_DIR)):
         return compose("train", overrides=(TINY if tiny else []) + list(overrides))
 

@@ -5,11 +5,12 @@ import sys
 import pytest
 import torch
 
-from avbalance.config import check_group_overrides, resolve_device, validate
+from avbalance.cli import Composer
+from avbalance.config import resolve_device, validate
 from avbalance.errors import ConfigError, DataNotPreparedError
 from avbalance.trainer import train
 
-from conftest import CONFIG_DIR, ROOT, make_cfg
+from conftest import CONFIG_DIR, ROOT, TINY, make_cfg
 
 GROUPS = ["dataset", "model", "fusion", "modulation", "optim", "logger"]
 
@@ -46,20 +47,45 @@ def test_reference_defaults():
     assert make_cfg("dataset=vggsound", tiny=False).modulation.alpha == 0.1
 
 
-@pytest.mark.parametrize("override, key", [
-    (["modulation.alpha=-0.1"], "modulation.alpha"),
-    (["modulation.start_epoch=10", "modulation.end_epoch=5"], "modulation.start_epoch"),
-    (["modulation.scope=bn"], "modulation.scope"),
-    (["modulation.coefficient=exp"], "modulation.coefficient"),
-    (["modulation.coefficient=power", "modulation.beta=0"], "modulation.beta"),
-    (["precision=fp16"], "precision"),
-    (["device=tpu"], "device"),
-    (["epochs=0"], "epochs"),
+def check(*overrides):
+    """What train.py does before any run directory exists: compose (schema types) and validate."""
+    with Composer() as compose:
+        tiny = [] if any(o.startswith("dataset=") for o in overrides) else TINY
+        validate(compose(tiny + list(overrides)))
+
+
+@pytest.mark.parametrize("override, expected", [
+    (["modulation.alpha=-0.1"], "modulation.alpha=-0.1 must be >= 0"),
+    (["modulation.start_epoch=10", "modulation.end_epoch=5"], "modulation.start_epoch=10 must be >= 0 and <= modulation.end_epoch=5"),
+    (["modulation.scope=bn"], "modulation.scope='bn' is not allowed; expected one of ['conv', 'all']"),
+    (["modulation.coefficient=exp"], "modulation.coefficient='exp' is not allowed; expected one of ['tanh', 'power']"),
+    (["modulation.coefficient=power", "modulation.beta=0"], "modulation.beta=0.0 must be > 0"),
+    (["precision=fp16"], "precision='fp16' is not allowed; expected one of ['fp32', 'bf16']"),
+    (["device=tpu"], "device='tpu' is not allowed"),
+    (["epochs=0"], "epochs=0 must be a positive integer"),
+    (["seed=1.5"], "seed=1.5 is not allowed; expected an integer"),
+    (["modulation.alpha=abc"], "modulation.alpha='abc' is not allowed; expected a number"),
+    (["modulation.ge=maybe"], "modulation.ge='maybe' is not allowed; expected true or false"),
+    (["fusion.unimodal=best"], "fusion.unimodal='best' is not allowed; expected one of"),
+    (["optim.scheduler=cosine"], "optim.scheduler='cosine' is not allowed; expected one of ['step', 'none']"),
+    (["logger=wandb", "logger.mode=cloud"], "logger.mode='cloud' is not allowed"),
+    (["dataset=cremad", "dataset.frame_selection=middle"], "dataset.frame_selection='middle' is not allowed"),
+    (["batch_size=many"], "batch_size='many' is not allowed; expected an integer"),
+    (["modulation=ogm_gee"], "modulation='ogm_gee' is not a modulation option; expected one of ['none', 'ogm', 'ogm_ge']"),
+    (["modulation.alhpa=0.3"], "modulation.alhpa is not a config key"),
 ])
-def test_bad_values_fail_with_one_line_naming_the_key(override, key):
+def test_bad_values_fail_with_one_line_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as e:
-        validate(make_cfg(*override))
-    assert key in str(e.value) and "\n" not in str(e.value)
+        check(*override)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value), str(e.value)
+
+
+def test_good_values_pass_the_same_checks():
+    check("seed=3", "modulation.alpha=0.5", "modulation.ge=false", "precision=bf16", "device=cpu",
+          "logger=wandb", "logger.mode=disabled", "fusion=sum", "fusion.eval_half_bias=true", "optim=adam")
+    cfg = make_cfg("precision=bf16", "modulation.scope=all")
+    assert cfg.precision == "bf16" and str(cfg.precision) == "bf16" and cfg.modulation.scope == "all"
+    assert isinstance(cfg.seed, int) and isinstance(cfg.modulation.alpha, float)
 
 
 def test_cuda_without_cuda_is_rejected(monkeypatch):
@@ -67,14 +93,6 @@ def test_cuda_without_cuda_is_rejected(monkeypatch):
     with pytest.raises(ConfigError, match="device='cuda'"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
-
-
-def test_unknown_group_option_is_one_line():
-    with pytest.raises(ConfigError, match=r"modulation='ogm_gee' is not a modulation option; expected one of \['none', 'ogm', 'ogm_ge'\]"):
-        check_group_overrides(["modulation=ogm_gee"], CONFIG_DIR)
-    with pytest.raises(ConfigError, match="fusion='attention'"):
-        check_group_overrides(["-m", "fusion=concat,attention"], CONFIG_DIR)
-    check_group_overrides(["-m", "fusion=concat,sum,film,gated", "modulation=none,ogm_ge", "seed=0,1", "modulation.alpha=0.3"], CONFIG_DIR)
 
 
 def test_entrypoint_errors_are_one_line_and_exit_2(tmp_path):

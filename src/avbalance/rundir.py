@@ -22,6 +22,10 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -63,16 +67,26 @@ def meta(device: torch.device, choices: dict, seed: int) -> dict:
     return info
 
 
-class MetricsLog:
-    """metrics.jsonl, one line per epoch; on resume the lines past the checkpoint are dropped."""
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # a line cut by a crash during the write
+        return None
 
-    def __init__(self, path: Path, start_epoch: int):
+
+class MetricsLog:
+    """metrics.jsonl, one line per epoch. On resume the lines of epochs before the checkpoint are
+    kept, lines past it and a truncated last line dropped, and the checkpoint's own epoch line is
+    restored from the checkpoint if the crash came between the checkpoint and the log write."""
+
+    def __init__(self, path: Path, start_epoch: int, last_row: dict | None = None):
         self.path = path
-        kept = []
-        if start_epoch > 0 and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
-        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-        self.rows = [json.loads(ln) for ln in kept]
+        rows = [r for r in map(_json_or_none, path.read_text().splitlines() if start_epoch > 0 and path.exists() else [])
+                if isinstance(r, dict) and r.get("epoch", start_epoch) < start_epoch]
+        if last_row is not None and not any(r["epoch"] == last_row["epoch"] for r in rows):
+            rows.append(last_row)
+        self.rows = rows
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
         self.rows.append(row)

@@ -38,14 +38,21 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _steps_csv(path: Path, start_epoch: int) -> list[tuple]:
-    """Per-step modulation trace; rows of epochs >= start_epoch are dropped (resume)."""
+def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None) -> list[tuple]:
+    """Per-step modulation trace; rows of epochs >= start_epoch and a truncated last row are
+    dropped (resume), and the checkpoint's epoch is restored from the checkpoint if missing."""
     rows = []
     if start_epoch > 0 and path.exists():
         for line in path.read_text().splitlines()[1:]:
             parts = line.split(",")
-            if int(parts[0]) < start_epoch:
-                rows.append((int(parts[0]), int(parts[1]), *map(float, parts[2:])))
+            try:
+                row = (int(parts[0]), int(parts[1]), *map(float, parts[2:]))
+            except ValueError:  # a line cut by a crash during the write
+                continue
+            if row[0] < start_epoch and len(row) == 5:
+                rows.append(row)
+    if last_steps and not any(r[0] == last_steps[0][0] for r in rows):
+        rows += [tuple(r) for r in last_steps]
     atomic_write_text(path, "epoch,step,ratio,coeff_audio,coeff_visual\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return rows
 
@@ -69,24 +76,30 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     scheduler = build_scheduler(cfg.optim, optimizer)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
 
-    start_epoch, best = 0, {"epoch": -1, "acc": -1.0, "metrics": {}}
+    start_epoch, best, last_log = 0, {"epoch": -1, "acc": -1.0, "metrics": {}}, {}
     if cfg.resume:
         last = ckpt_dir / "last.pt"
         if not last.exists():
-            raise ConfigError(f"resume=true but {last} does not exist; set hydra.run.dir=<the run's directory>")
+            raise ConfigError(f"resume=true but {run_dir} has no checkpoint yet ({last.name} is written after the first epoch); "
+                              f"start the run again without resume=true")
         state = load_checkpoint(last, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], device)
-        start_epoch, best = state["epoch"] + 1, state["best"]
+        start_epoch, best, last_log = state["epoch"] + 1, state["best"], state.get("log", {})
+        # a crash between writing best.pt and last.pt leaves a best.pt newer than last.pt's record:
+        # the record follows the file, so that test/* always describes the weights in best.pt
+        best_file = load_checkpoint(ckpt_dir / "best.pt", map_location="cpu") if (ckpt_dir / "best.pt").exists() else {}
+        if best_file.get("best", best)["epoch"] != best["epoch"]:
+            best = best_file["best"]
         log.info("resumed from %s at epoch %d", last, start_epoch)
     else:
         atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "meta.json", meta(device, choices, cfg.seed))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch)
-    steps = _steps_csv(run_dir / "steps.csv", start_epoch)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch, last_log.get("row"))
+    steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"))
     logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
     sel = data.selection_split
 
@@ -130,11 +143,13 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         new_steps = [(epoch, i, *vals) for i, vals in enumerate(zip(*(traces[k] for k in TRACE)))]
         if val["acc"] > best["acc"]:
             best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}
-            save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+            save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
         save_checkpoint(ckpt_dir / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device)})
-        # logs after the checkpoint: a crash in between repeats the epoch's lines, never loses them
+            "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device),
+            "log": {"row": row, "steps": new_steps}})
+        # logs after the checkpoint, which also holds them: a crash in between (or a truncated
+        # line) is repaired from the checkpoint on resume
         metrics.append(row)
         with open(run_dir / "steps.csv", "a") as f:
             f.writelines(",".join(map(str, r)) + "\n" for r in new_steps)
@@ -146,7 +161,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         for cb in callbacks:
             cb(epoch, row)
 
-    summary = {"selected_epoch": best["epoch"], "selection_split": sel, "best": best["metrics"],
+    summary = {"status": "ok", "selected_epoch": best["epoch"], "selection_split": sel, "best": best["metrics"],
                "last": metrics.rows[-1] if metrics.rows else {}, "choices": choices, "seed": cfg.seed,
                "epochs": cfg.epochs, "dataset": cfg.dataset.name}
     if "test" in data.split_names and sel != "test":

@@ -11,10 +11,13 @@ Everything a hook logs is a 0-d device tensor; the loop reads it once per epoch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from omegaconf import MISSING
 
 from ..data.base import Batch
 from ..models.fusion import FusionOutput
@@ -33,8 +36,19 @@ def modality_scores(out: FusionOutput, label: torch.Tensor) -> torch.Tensor:
     return torch.stack([s_a, s_v])
 
 
+@dataclass
+class MethodConfig:
+    """A method's config schema; a method with settings subclasses it as its `Config`."""
+    name: str = MISSING
+
+
 class Method:
     """The plain joint-training baseline (`modulation=none`); every hook has a no-op default."""
+    Config = MethodConfig
+
+    @staticmethod
+    def check_config(cfg: Any) -> None:
+        """Value checks the schema's types cannot express; raise ConfigError (one line)."""
 
     def __init__(self, cfg: Any, model: AVClassifier, *, device: torch.device, seed: int):
         self.cfg, self.device, self.seed = cfg, device, seed

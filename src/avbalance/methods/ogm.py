@@ -8,11 +8,29 @@ only inside the inclusive epoch window [start_epoch, end_epoch]. All on the devi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import MODALITIES, Method, modality_scores
+from ..schema import Choice
+from .base import MODALITIES, Method, MethodConfig, modality_scores
+
+Scope = Choice("Scope", {v: v for v in ("conv", "all")})
+Rule = Choice("Rule", {v: v for v in ("tanh", "power")})
+
+
+@dataclass
+class OGMConfig(MethodConfig):
+    alpha: float = 0.1
+    beta: float = 1.0                 # only used by coefficient=power
+    ge: bool = False
+    start_epoch: int = 0              # inclusive window, epochs from 0
+    end_epoch: int = 50
+    scope: Scope = Scope.conv         # conv = the encoders' conv kernels (reference) | all
+    coefficient: Rule = Rule.tanh     # tanh = paper Eq. 10 | power = this project's extension
+    noise_seed_offset: int = 7919     # GE's generator is seeded with seed + this
 
 
 def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float, beta: float = 1.0,
@@ -67,16 +85,27 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Gener
 @METHODS.register("ogm")
 @METHODS.register("ogm_ge")  # the same method; ogm_ge.yaml turns `ge` on
 class OGM(Method):
+    Config = OGMConfig
+
+    @staticmethod
+    def check_config(m) -> None:
+        if m.alpha < 0:
+            raise ConfigError(f"modulation.alpha={m.alpha!r} must be >= 0")
+        if m.coefficient == "power" and not m.beta > 0:
+            raise ConfigError(f"modulation.beta={m.beta!r} must be > 0 with modulation.coefficient=power")
+        if m.start_epoch < 0 or m.start_epoch > m.end_epoch:
+            raise ConfigError(f"modulation.start_epoch={m.start_epoch} must be >= 0 and <= modulation.end_epoch={m.end_epoch}")
+
     def __init__(self, cfg, model, *, device, seed):
         super().__init__(cfg, model, device=device, seed=seed)
-        self.alpha, self.beta, self.rule = float(cfg.alpha), float(cfg.get("beta", 1.0)), cfg.coefficient
+        self.alpha, self.beta, self.rule = float(cfg.alpha), float(cfg.beta), cfg.coefficient
         self.start, self.end = int(cfg.start_epoch), int(cfg.end_epoch)
         self.ge = bool(cfg.ge)
         # parameters picked once, by encoder module (never by name), not on every step
         self.params = {m: model.encoder_params(m, cfg.scope) for m in MODALITIES}
         # dedicated generator: GE noise is reproducible and does not shift any other random stream
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed + int(cfg.get("noise_seed_offset", 7919)))
+        self.generator.manual_seed(seed + int(cfg.noise_seed_offset))
         self._owners: dict[str, torch.Tensor] = {}
 
     def after_backward(self, model, out, batch, epoch):

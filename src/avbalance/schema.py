@@ -1,0 +1,166 @@
+"""The config schema: typed dataclasses under the yaml files (Hydra's structured-config pattern).
+
+Every yaml option of a group starts with `defaults: [/schema/<group>/<schema>@_here_]`, so Hydra
+checks each value against its type while it composes: `seed=1.5`, `modulation.alpha=abc` or
+`precision=fp16` fail before training, and `cli.one_line` turns Hydra's message into one line.
+A method's schema lives in its own file (`Method.Config`) and is stored here by the registry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+
+class Choice(str, Enum):
+    """A closed set of strings: compares, hashes and prints as its value (`cfg.precision == "bf16"`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Precision = Choice("Precision", {v: v for v in ("fp32", "bf16")})
+FrameSelection = Choice("FrameSelection", {v: v for v in ("even", "random", "reference")})
+CropPer = Choice("CropPer", {v: v for v in ("frame", "clip")})
+Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "probe")})
+Scheduler = Choice("Scheduler", {v: v for v in ("step", "none")})
+WandbMode = Choice("WandbMode", {v: v for v in ("offline", "online", "disabled")})
+
+
+@dataclass
+class TrainConfig:
+    model: Any = MISSING
+    dataset: Any = MISSING
+    fusion: Any = MISSING
+    modulation: Any = MISSING
+    optim: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N (checked in config.validate)
+    epochs: int = II("dataset.epochs")
+    batch_size: int = 64
+    precision: Precision = Precision.fp32
+    num_workers: int = 0
+    resume: bool = False
+    data_root: str = "data"
+
+
+# --- dataset -----------------------------------------------------------------------------------
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    loader: str = MISSING
+    epochs: int = MISSING
+    num_classes: Optional[int] = MISSING
+    selection_split: str = "val"
+    spec_shape: Optional[List[int]] = None
+    frames: int = 1
+    image_size: int = 224
+
+
+@dataclass
+class ToyDataset(DatasetConfig):
+    n_train: int = 1200
+    n_val: int = 600
+    n_test: int = 600
+    audio_clean_frac: float = 0.8
+    audio_snr: float = 3.0
+    visual_snr: float = 0.55
+
+
+@dataclass
+class PreparedDataset(DatasetConfig):
+    root: str = MISSING
+    prep_command: str = ""
+    frame_selection: FrameSelection = FrameSelection.even
+    crop_per: CropPer = CropPer.frame
+    audio_crop: Optional[int] = None
+
+
+# --- model, fusion, optim, logger --------------------------------------------------------------
+@dataclass
+class ResNet18Model:
+    name: str = "resnet18"
+
+
+@dataclass
+class ConvModel:
+    name: str = MISSING
+    width: int = 16
+    depth: int = 2
+
+
+@dataclass
+class FusionConfig:
+    name: str = MISSING
+    unimodal: Unimodal = Unimodal.native
+
+
+@dataclass
+class SumFusion(FusionConfig):
+    eval_half_bias: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: Scheduler = Scheduler.step
+    step_size: int = 70
+    gamma: float = 0.1
+
+
+@dataclass
+class SGDOptim(OptimConfig):
+    momentum: float = 0.9
+
+
+@dataclass
+class AdamOptim(OptimConfig):
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class NoLogger:
+    name: str = "none"
+
+
+@dataclass
+class WandbLogger:
+    name: str = "wandb"
+    project: str = "avbalance"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.offline
+    run_name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+SCHEMAS = {
+    "dataset": {"toy": ToyDataset, "prepared": PreparedDataset},
+    "model": {"resnet18": ResNet18Model, "conv": ConvModel},
+    "fusion": {"fusion": FusionConfig, "sum": SumFusion},
+    "optim": {"sgd": SGDOptim, "adam": AdamOptim},
+    "logger": {"none": NoLogger, "wandb": WandbLogger},
+}
+_registered = False
+
+
+def register() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent); must run before composing."""
+    global _registered
+    if _registered:
+        return
+    from .registry import METHODS  # methods carry their own schema
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+    for name in METHODS.names():
+        cs.store(group="schema/modulation", name=name, node=METHODS.get(name).Config)
+    _registered = True
