@@ -2,7 +2,6 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SHARED ?= ../shared
 
 .PHONY: help install test test-all demo clean data-avdigits data-cremad data-ave data-kinetics_sounds data-vggsound data-custom
 RAW ?= raw
@@ -28,20 +27,22 @@ clean:  ## remove run outputs and caches
 	rm -rf runs outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-data-avdigits:  ## prepare the real small avdigits set from ../shared/data (FSDD + MNIST)
-	$(BIN)/python -m data_prep.avdigits --fsdd $(SHARED)/data/fsdd --mnist $(SHARED)/data/mnist --out $(DATA)/avdigits
+data-avdigits:  ## prepare the real small avdigits set (FSDD + MNIST: ../shared/data if there, else downloaded)
+	$(BIN)/python -m data_prep.avdigits --out $(DATA)/avdigits $(ARGS)
 
-data-cremad:  ## prepare CREMA-D: make data-cremad RAW=<dir with AudioWAV/ VideoFlash/>
-	$(BIN)/python -m data_prep.cremad --raw $(RAW) --out $(DATA)/cremad --splits $(SHARED)/data/splits/cremad
+# Split lists: SPLITS=<dir> if given, else the lists in RAW, else the project's (data_prep/splits).
+# ARGS passes more options, e.g. ARGS="--overwrite" or ARGS="--audio-dir <dir of wavs>".
+data-cremad:  ## prepare CREMA-D: make data-cremad RAW=<dir with AudioWAV/ VideoFlash/> [SPLITS=<dir>]
+	$(BIN)/python -m data_prep.cremad --raw $(RAW) --out $(DATA)/cremad $(if $(SPLITS),--splits $(SPLITS)) $(ARGS)
 
-data-ave:  ## prepare AVE: make data-ave RAW=<dir with AVE/*.mp4>
-	$(BIN)/python -m data_prep.ave --raw $(RAW) --out $(DATA)/ave --splits $(SHARED)/data/splits/ave
+data-ave:  ## prepare AVE: make data-ave RAW=<dir with AVE/*.mp4> [SPLITS=<dir>]
+	$(BIN)/python -m data_prep.ave --raw $(RAW) --out $(DATA)/ave $(if $(SPLITS),--splits $(SPLITS)) $(ARGS)
 
-data-kinetics_sounds:  ## prepare Kinetics-Sounds: make data-kinetics_sounds RAW=<folder of clips>
-	$(BIN)/python -m data_prep.kinetics_sounds --raw $(RAW) --out $(DATA)/kinetics_sounds --splits $(SHARED)/data/splits/kinetics_sounds
+data-kinetics_sounds:  ## prepare Kinetics-Sounds: make data-kinetics_sounds RAW=<folder of clips> [SPLITS=<dir>]
+	$(BIN)/python -m data_prep.kinetics_sounds --raw $(RAW) --out $(DATA)/kinetics_sounds $(if $(SPLITS),--splits $(SPLITS)) $(ARGS)
 
-data-vggsound:  ## prepare VGGSound: make data-vggsound RAW=<dir with video/ and vggsound.csv>
-	$(BIN)/python -m data_prep.vggsound --raw $(RAW) --out $(DATA)/vggsound --jpeg
+data-vggsound:  ## prepare VGGSound: make data-vggsound RAW=<dir with video/ and vggsound.csv> [SPLITS=<dir>]
+	$(BIN)/python -m data_prep.vggsound --raw $(RAW) --out $(DATA)/vggsound --jpeg $(if $(SPLITS),--splits $(SPLITS)) $(ARGS)
 
 data-custom:  ## prepare your own data: make data-custom MANIFEST=<clips.csv>
-	$(BIN)/python -m data_prep.custom --manifest $(MANIFEST) --out $(DATA)/custom
+	$(BIN)/python -m data_prep.custom --manifest $(MANIFEST) --out $(DATA)/custom $(ARGS)

@@ -26,15 +26,26 @@ The defaults make audio the dominant modality, as in CREMA-D: the spoken digit i
 of the clips, the handwritten one is noisy, blurred, occluded and missing on 20% of them; each
 modality still carries information the other lacks.
 
-    python -m data_prep.avdigits --fsdd ../shared/data/fsdd --mnist ../shared/data/mnist --out data/avdigits
+    .venv/bin/python -m data_prep.avdigits --out data/avdigits [--fsdd DIR] [--mnist DIR] [--cache DIR]
+
+Sources (find_sources): --fsdd / --mnist when given; else ../shared/data/{fsdd,mnist} next to the
+project when that folder exists; else downloaded once into --cache (default: raw/ next to --out,
+e.g. data/raw) and checked: the FSDD GitHub archive at commit FSDD_COMMIT (its 3000 recordings
+must match FSDD_RECORDINGS_SHA256, the sha256 of their `sha256sum` listing) and the two MNIST
+test-set idx.gz files (sha256 each). Downloads go to a .part file or .tmp folder that is renamed
+once complete and checked, so an interrupted download never counts as done.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
+import os
 import re
 import shutil
 import sys
+import tarfile
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -42,6 +53,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from .common import file_sha256, start_output
 from .store import SplitWriter, UserError, write_manifest
 
 SR, N_SAMPLES, N_FFT, HOP, N_MELS = 8000, 8064, 256, 128, 64   # 8064 / 128 + 1 = 64 frames after the trim
@@ -50,8 +62,97 @@ SPLITS = {"train": range(10, 50), "val": range(5, 10), "test": range(0, 5)}  # F
 MNIST_SHARE = {"train": 0.70, "val": 0.15, "test": 0.15}
 NAME_RE = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"   # ../shared/data next to the project, if there
+FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"   # v1.0.10, 2024-05-02
+FSDD_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{FSDD_COMMIT}.tar.gz"
+FSDD_RECORDINGS_SHA256 = "1801eae019c063377d98f831d3f93574f259475df7332bb0e3d1b080fb5e6959"  # recordings_digest
+MNIST_URL = "https://raw.githubusercontent.com/kelas/mnist/283b387221ab46655e600cfcc25d843bb14292b9/"
+MNIST_SHA256 = {"t10k-images-idx3-ubyte.gz": "167310007f03058885c7e95e6c0b19c20de5c7fd3031f4cbdadc9014a523d80b",
+                "t10k-labels-idx1-ubyte.gz": "fc607395669ec21321ea83e4b82c0544b7e8e63ff5b34337c06bc0a17cc0da3c"}
 
-# ----------------------------------------------------------------------------- sources
+
+# ----------------------------------------------------------------------------- finding or downloading the sources
+
+def recordings_digest(folder: Path) -> str:
+    """sha256 of the `sha256sum` listing (`<sha256>  <name>` lines, sorted by name) of the wavs."""
+    names = sorted(p.name for p in Path(folder).glob("*.wav"))
+    return hashlib.sha256("".join(f"{file_sha256(Path(folder) / n)}  {n}\n" for n in names).encode()).hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download `url` to `dest` through dest.part, renamed once complete (and matching `sha256`
+    when given). A `dest` already there arrived that way and is kept."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part, h = dest.with_name(dest.name + ".part"), hashlib.sha256()
+    print(f"downloading {url}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            while block := r.read(1 << 20):
+                h.update(block)
+                f.write(block)
+    except OSError as e:   # URLError and socket errors are OSErrors
+        part.unlink(missing_ok=True)
+        raise UserError(f"cannot download {url} ({e}); expected a network connection, or give the files "
+                        f"with --fsdd / --mnist") from None
+    if sha256 and h.hexdigest() != sha256:
+        part.unlink()
+        raise UserError(f"{url} has sha256 {h.hexdigest()}; expected {sha256} (download not kept)")
+    os.replace(part, dest)
+    return dest
+
+
+def download_fsdd(cache: Path, url: str | None = None, digest: str | None = None) -> Path:
+    """cache/fsdd/recordings/*.wav from the FSDD archive, checked file by file (recordings_digest)."""
+    final, tmp = cache / "fsdd", cache / "fsdd.tmp"
+    if (final / "recordings").is_dir():
+        return final
+    archive = fetch(url or FSDD_URL, cache / "fsdd.tar.gz")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "recordings").mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            for m in tar:
+                parts = m.name.split("/")
+                if m.isfile() and parts[-2:-1] == ["recordings"] and NAME_RE.match(parts[-1]):
+                    (tmp / "recordings" / parts[-1]).write_bytes(tar.extractfile(m).read())
+    except tarfile.TarError as e:
+        archive.unlink()
+        raise UserError(f"{archive} is not a readable tar.gz ({e}); expected the FSDD archive "
+                        f"(deleted: re-run to download it again)") from None
+    got, want = recordings_digest(tmp / "recordings"), digest or FSDD_RECORDINGS_SHA256
+    if got != want:
+        shutil.rmtree(tmp)
+        archive.unlink()
+        raise UserError(f"the recordings of {url or FSDD_URL} have listing sha256 {got}; expected {want} "
+                        f"(FSDD at commit {FSDD_COMMIT}; download not kept)")
+    os.replace(tmp, final)
+    archive.unlink()
+    return final
+
+
+def download_mnist(cache: Path, url: str | None = None, sha256: dict | None = None) -> Path:
+    """cache/mnist/t10k-{images,labels}-*.gz, each checked against its sha256."""
+    for name, digest in (sha256 or MNIST_SHA256).items():
+        fetch((url or MNIST_URL) + name, cache / "mnist" / name, digest)
+    return cache / "mnist"
+
+
+def find_sources(args) -> tuple[Path, Path]:
+    """(fsdd, mnist): given; else ../shared/data next to the project; else downloaded into --cache."""
+    cache = Path(args.cache) if args.cache else Path(args.out).parent / "raw"
+    fsdd = args.fsdd or (SHARED / "fsdd" if (SHARED / "fsdd" / "recordings").is_dir() else download_fsdd(cache))
+    mnist = args.mnist or (SHARED / "mnist" if (SHARED / "mnist").is_dir() else download_mnist(cache))
+    if not Path(fsdd).is_dir():
+        raise UserError(f"FSDD folder {fsdd} not found: give it with --fsdd")
+    if not Path(mnist).is_dir():
+        raise UserError(f"MNIST folder {mnist} not found: give it with --mnist")
+    print(f"FSDD from {fsdd}, MNIST from {mnist}", file=sys.stderr)
+    return Path(fsdd), Path(mnist)
+
+
+# ----------------------------------------------------------------------------- reading the sources
 
 def list_fsdd(fsdd: Path) -> list[tuple[str, int, str, int]]:
     """-> [(file name, digit, speaker, index)], sorted. `fsdd` is the FSDD folder or its recordings/."""
@@ -144,23 +245,21 @@ def visual_frame(img: np.ndarray, args, rng: np.random.Generator) -> np.ndarray:
 # ----------------------------------------------------------------------------- main
 
 def prepare(args) -> dict:
-    fsdd, mnist, out = Path(args.fsdd), Path(args.mnist), Path(args.out)
-    if not fsdd.is_dir():
-        raise UserError(f"FSDD folder {fsdd} not found: give it with --fsdd")
-    if not mnist.is_dir():
-        raise UserError(f"MNIST folder {mnist} not found: give it with --mnist")
+    (fsdd, mnist), out = find_sources(args), Path(args.out)
     items = list_fsdd(fsdd)
     images, img_labels = load_mnist(mnist)
     pools = mnist_pools(img_labels, np.random.default_rng(args.seed))
-    if (out / "manifest.json").exists():
-        if not args.force:
-            raise UserError(f"{out} is already prepared; pass --force to prepare it again")
-        shutil.rmtree(out)
+    params = {"dataset": "avdigits",
+              **{k: v for k, v in vars(args).items() if k not in ("fsdd", "mnist", "out", "cache", "overwrite")}}
+    start_output(out, params, overwrite=args.overwrite)
     summaries = {}
     for k, (split, rec_idx) in enumerate(SPLITS.items()):
         rows = [it for it in items if it[3] in rec_idx]
         if args.limit:
             rows = rows[::max(1, len(rows) // args.limit)][:args.limit]
+        if not rows:
+            raise UserError(f"avdigits split '{split}' is empty: no FSDD recording with index {rec_idx.start}-"
+                            f"{rec_idx.stop - 1} in {fsdd}; expected the 3000 recordings of the FSDD release")
         rng = np.random.default_rng([args.seed, k])
         # pair each clip with an unused image of its digit from this split's pool
         take = {d: iter(rng.permutation(p)) for d, p in pools[split].items()}
@@ -181,7 +280,7 @@ def prepare(args) -> dict:
     manifest = {
         "name": "avdigits", "class_names": [str(d) for d in range(10)], "splits": summaries,
         "sources": {"audio": "Free Spoken Digit Dataset (CC BY-SA 4.0)", "visual": "MNIST test set"},
-        "params": {k: v for k, v in vars(args).items() if k not in ("fsdd", "mnist", "out", "force")},
+        "params": params,
         "audio": {"sr": SR, "samples": N_SAMPLES, "n_fft": N_FFT, "hop": HOP, "n_mels": N_MELS, "log": "ln(power + 1e-6)"},
     }
     write_manifest(out, manifest)  # last: its presence marks the dataset as prepared
@@ -190,9 +289,14 @@ def prepare(args) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--fsdd", default="../shared/data/fsdd", help="FSDD folder (or its recordings/)")
-    p.add_argument("--mnist", default="../shared/data/mnist", help="folder of t10k-images/labels idx files")
-    p.add_argument("--out", default="data/avdigits")
+    p.add_argument("--fsdd", type=Path, default=None,
+                   help="FSDD folder (or its recordings/); default: shared/data/fsdd next to the project if "
+                        "there, else downloaded")
+    p.add_argument("--mnist", type=Path, default=None,
+                   help="folder of the t10k-images/labels idx files; default: shared/data/mnist next to the "
+                        "project if there, else downloaded")
+    p.add_argument("--cache", type=Path, default=None, help="where downloads go (default: raw/ next to --out)")
+    p.add_argument("--out", type=Path, default=Path("data/avdigits"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audio-snr", type=float, default=None, help="dB; default: no added noise")
     p.add_argument("--audio-noise-frac", type=float, default=0.1)
@@ -201,7 +305,8 @@ def parse_args(argv=None):
     p.add_argument("--visual-occlude", type=float, default=0.4)
     p.add_argument("--visual-noise-frac", type=float, default=0.2)
     p.add_argument("--limit", type=int, default=0, help="at most this many clips per split (smoke tests)")
-    p.add_argument("--force", action="store_true", help="prepare again over an existing dataset")
+    p.add_argument("--overwrite", "--force", action="store_true",
+                   help="delete the preparation already in --out first (needed to change its parameters)")
     args = p.parse_args(argv)
     for k in ("audio_noise_frac", "visual_noise_frac", "visual_occlude"):
         if not 0 <= getattr(args, k) <= 1:

@@ -3,7 +3,8 @@
     python -m data_prep.ave --raw RAW_DIR --out DATA_DIR [--splits DIR] [--audio-recipe fbank]
 
 Raw layout (the AVE_Dataset release): RAW/AVE/<VideoID>.mp4 and, in --splits (default --raw),
-trainSet.txt, valSet.txt, testSet.txt with `Category&VideoID&Quality&StartTime&EndTime` lines.
+trainSet.txt, valSet.txt, testSet.txt with `Category&VideoID&Quality&StartTime&EndTime` lines
+(else the lists bundled in data_prep/splits/ave).
 The official train/val/test splits are kept. A clip is the whole 10 s video (as in OGM-GE).
 Class index: categories sorted by name (the reference AVDataset does sorted(classes).index(...)).
 A video listed twice in one split with different categories is ambiguous for one-label
@@ -14,8 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from data_prep.common import (Clip, FrameSpec, RECIPES, base_parser, file_sha256, prepare, read_lines, require,
-                              run_cli)
+from data_prep.cli import base_parser, run_cli
+from data_prep.common import Clip, file_sha256, find_lists, prepare, read_lines, require
+from data_prep.decode import FrameSpec
+from data_prep.recipes import RECIPES
 from data_prep.store import UserError
 
 LISTS = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
@@ -47,12 +50,13 @@ def main(argv=None) -> None:
     p = base_parser("python -m data_prep.ave", __doc__, max_frames=10,
                     recipes=("spectrogram", "fbank"),
                     raw_help="the AVE_Dataset folder holding AVE/*.mp4",
-                    splits_help="folder with trainSet.txt, valSet.txt, testSet.txt (default: --raw)", holdout=False)
+                    splits_help="folder with trainSet.txt, valSet.txt, testSet.txt (default: --raw if it holds them, "
+                                "else the bundled data_prep/splits/ave)", holdout=False)
     args = p.parse_args(argv)
 
     raw = require(args.raw, "AVE raw folder")
     video_dir = require(raw / "AVE", "AVE video folder", "AVE/<VideoID>.mp4 of the AVE_Dataset release")
-    split_dir = args.splits or raw
+    split_dir = find_lists(args.splits, raw, "ave", list(LISTS.values()))
     paths = {s: require(split_dir / name, f"AVE {s} list", "the AVE_Dataset split files; pass --splits DIR")
              for s, name in LISTS.items()}
     rows = {s: read_ave_list(path) for s, path in paths.items()}

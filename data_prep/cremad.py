@@ -1,6 +1,6 @@
 """CREMA-D (Cao et al. 2014): 7,442 clips of 91 actors, six emotions.
 
-    python -m data_prep.cremad --raw RAW_DIR --out DATA_DIR --splits SPLITS_DIR [--split-mode reference]
+    python -m data_prep.cremad --raw RAW_DIR --out DATA_DIR [--splits DIR] [--split-mode reference]
 
 Raw layout (the public release): RAW/AudioWAV/<clip>.wav (16 kHz) and RAW/VideoFlash/<clip>.flv
 (480x360, 30 fps); clip names are <actor>_<sentence>_<emotion>_<level>, e.g. 1001_DFA_ANG_XX.
@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.common import (RECIPES, Clip, FrameSpec, base_parser, file_sha256, holdout_names, index_files,
-                              prepare, read_lines, require, run_cli)
+from data_prep.cli import base_parser, run_cli
+from data_prep.common import (Clip, file_sha256, find_lists, holdout_names, index_files, prepare, read_lines,
+                              require)
+from data_prep.decode import FrameSpec
+from data_prep.recipes import RECIPES
 from data_prep.store import UserError
 
 EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]   # label = position (the reference's mapping)
@@ -74,7 +77,8 @@ def main(argv=None) -> None:
     p = base_parser("python -m data_prep.cremad", __doc__, max_frames=4,
                     recipes=("cremad", "fbank"),
                     raw_help="the CREMA-D release folder holding AudioWAV/ and VideoFlash/",
-                    splits_help="folder with the reference lists train.csv and test.csv (default: --raw)",
+                    splits_help="folder with the reference lists train.csv and test.csv (default: --raw if it "
+                                "holds them, else the bundled data_prep/splits/cremad)",
                     audio_dir=False)
     p.add_argument("--split-mode", choices=("reference", "speaker_independent"), default="reference",
                    help="see above (default: %(default)s)")
@@ -88,7 +92,9 @@ def main(argv=None) -> None:
                                (".wav",)))
     have_flv = set(index_files(require(raw / "VideoFlash", "CREMA-D video folder", "VideoFlash/*.flv of the release"),
                                (".flv",)))
-    split_dir = args.splits or raw
+    # speaker_independent: lists only from --splits or --raw; without them every wav (never the bundled lists)
+    split_dir = find_lists(args.splits, raw, "cremad", ["train.csv", "test.csv"],
+                           bundled=args.split_mode == "reference")
     list_paths = {s: split_dir / f"{s}.csv" for s in ("train", "test")}
     hint = "the OGM-GE data/CREMAD lists; pass --splits DIR"
 

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.common import (RECIPES, Clip, FeatureRecipe, FrameSpec, base_parser, file_sha256, prepare, require,
-                              run_cli)
+from data_prep.cli import base_parser, run_cli
+from data_prep.common import Clip, file_sha256, prepare, require
+from data_prep.decode import FrameSpec
+from data_prep.recipes import RECIPES, FeatureRecipe
 from data_prep.store import UserError
 
 COLUMNS = ("clip_id", "label", "split", "audio", "visual")

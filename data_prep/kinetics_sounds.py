@@ -4,7 +4,7 @@
 
 Raw layout: a folder of video clips, flat or one folder per class, named <video_id>.mp4 (any of
 .mp4 .mkv .webm .avi .mov .flv .m4v). Split lists my_train.txt / my_test.txt (in --splits, default
---raw), in either format:
+--raw, else the bundled OGM-GE lists in data_prep/splits/kinetics_sounds), in either format:
   reference   `video_id,10,label_index` (the OGM-GE files; label_index = position in KS_CLASSES)
   class,id    `class_name,video_id` (what the reference AVDataset reads; classes sorted by name)
 Val is a seeded, class-stratified 10% of train.
@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.common import (RECIPES, VIDEO_EXTS, Clip, FrameSpec, base_parser, file_sha256, hold_out_val,
-                              index_files, prepare, read_lines, require, run_cli)
+from data_prep.cli import base_parser, run_cli
+from data_prep.common import (Clip, file_sha256, find_lists, hold_out_val, index_files, prepare, read_lines,
+                              require)
+from data_prep.decode import VIDEO_EXTS, FrameSpec
+from data_prep.recipes import RECIPES
 from data_prep.store import UserError
 
 # Alphabetical: the reference's label indices 0..30 (checked against BML_TPAMI2024's KS.json).
@@ -51,11 +54,12 @@ def main(argv=None) -> None:
     p = base_parser("python -m data_prep.kinetics_sounds", __doc__, max_frames=10,
                     recipes=("spectrogram", "fbank"),
                     raw_help="folder of Kinetics-Sounds clips (flat or one folder per class)",
-                    splits_help="folder with my_train.txt and my_test.txt (default: --raw)")
+                    splits_help="folder with my_train.txt and my_test.txt (default: --raw if it holds them, "
+                                "else the bundled data_prep/splits/kinetics_sounds)")
     args = p.parse_args(argv)
 
     raw = require(args.raw, "Kinetics-Sounds raw folder")
-    split_dir = args.splits or raw
+    split_dir = find_lists(args.splits, raw, "kinetics_sounds", ["my_train.txt", "my_test.txt"])
     hint = "`video_id,10,label_index` or `class_name,video_id` lines; pass --splits DIR"
     paths = {s: require(split_dir / f"my_{s}.txt", f"Kinetics-Sounds {s} list", hint) for s in ("train", "test")}
     (fmt_train, train), (fmt_test, test) = (read_ks_list(paths[s]) for s in ("train", "test"))

@@ -87,13 +87,16 @@ CREMAD_EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 
 
 def make_cremad(root: Path, n_actors: int = 4, n_clips: int | None = None, seconds: float = 2.5,
-                hw=(48, 64), lists: bool = True, bom: bool = True, texture: bool = False) -> list[str]:
+                hw=(48, 64), lists: bool = True, bom: bool = True, texture: bool = False,
+                ids: list[str] | None = None) -> list[str]:
     """RAW/AudioWAV/*.wav (16 kHz) + RAW/VideoFlash/*.flv (30 fps), and train.csv/test.csv in the
-    reference format (CRLF, optional BOM): one clip in four goes to test."""
+    reference format (CRLF, optional BOM): one clip in four goes to test. `ids` replaces the
+    generated clip names (e.g. names from the real lists)."""
     root = Path(root)
     sentences = ["DFA", "IEO", "ITH", "IWW", "TAI", "MTI", "IOM", "TIE", "WSI", "ITS", "IWL", "TSI"]
-    ids = [f"{1001 + a}_{s}_{e}_XX" for a in range(n_actors) for s in sentences[:2] for e in CREMAD_EMOTIONS]
-    if n_clips is not None:   # actor, emotion, sentence and level vary independently of each other
+    if ids is None and n_clips is None:
+        ids = [f"{1001 + a}_{s}_{e}_XX" for a in range(n_actors) for s in sentences[:2] for e in CREMAD_EMOTIONS]
+    elif ids is None:   # actor, emotion, sentence and level vary independently of each other
         a, levels = n_actors, ["XX", "LO", "MD", "HI"]
         ids = ["_".join((str(1001 + k % a), sentences[k // (6 * a) % 12], CREMAD_EMOTIONS[k // a % 6],
                          levels[k // (72 * a) % 4])) for k in range(n_clips)]
@@ -124,8 +127,9 @@ def make_av_clips(folder: Path, ids: list[str], labels: list[int], seconds: floa
 
 
 def make_ave(root: Path, categories=("Church bell", "Bark", "Banjo"), per_split=(4, 2, 2), seconds=3.0,
-             hw=(48, 64)) -> dict:
-    """RAW/AVE/<VideoID>.mp4 with an AAC track, and the release's &-separated text files."""
+             hw=(48, 64), audio_dir: Path | None = None) -> dict:
+    """RAW/AVE/<VideoID>.mp4 with an AAC track (with audio_dir: video only, <VideoID>.wav there), and
+    the release's &-separated text files."""
     root = Path(root)
     rows = {}
     k = 0
@@ -144,7 +148,7 @@ def make_ave(root: Path, categories=("Church bell", "Bark", "Banjo"), per_split=
     (root / "categories.txt").write_text("".join(c + "\n" for c in categories))
     ids = [r.split("&")[1] for r in all_rows]
     labels = [sorted(categories).index(r.split("&")[0]) for r in all_rows]
-    make_av_clips(root / "AVE", ids, labels, seconds, hw)
+    make_av_clips(root / "AVE", ids, labels, seconds, hw, audio_dir=audio_dir)
     return rows
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from data_prep.common import (RECIPES, VIDEO_EXTS, Clip, FrameSpec, base_parser, file_sha256, hold_out_val,
-                              index_files, prepare, require, run_cli)
+from data_prep.cli import base_parser, run_cli
+from data_prep.common import Clip, file_sha256, find_lists, hold_out_val, index_files, prepare, require
+from data_prep.decode import VIDEO_EXTS, FrameSpec
+from data_prep.recipes import RECIPES
 from data_prep.store import UserError
 
 
@@ -38,14 +40,14 @@ def main(argv=None) -> None:
     p = base_parser("python -m data_prep.vggsound", __doc__, max_frames=10,
                     recipes=("vggsound", "fbank"),
                     raw_help="the VGGSound folder holding video/<ytid>_<start:06d>.mp4",
-                    splits_help="folder with vggsound.csv (default: --raw)")
+                    splits_help="folder with vggsound.csv (default: --raw; not bundled)")
     args = p.parse_args(argv)
 
     raw = require(args.raw, "VGGSound raw folder")
     video_dir = require(raw / "video", "VGGSound video folder", "video/<ytid>_<start:06d>.mp4")
-    split_dir = args.splits or raw
+    split_dir = find_lists(args.splits, raw, "vggsound", ["vggsound.csv"])
     csv_path = require(split_dir / "vggsound.csv", "VGGSound list",
-                       "the public vggsound.csv, `ytid,start_seconds,label,train|test`; pass --splits DIR")
+                       "the public vggsound.csv, `ytid,start_seconds,label,train|test`, not bundled; pass --splits DIR")
     rows = read_vggsound_csv(csv_path)
     class_names = sorted({label for _, label, _ in rows})
     videos = index_files(video_dir, VIDEO_EXTS)

@@ -1,9 +1,14 @@
 """data_prep/avdigits.py: FSDD spoken digits paired with MNIST images, through the prepared loader."""
+import gzip
+import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
@@ -75,9 +80,10 @@ def test_deterministic(small, tmp_path):
 
 
 @needs_data
-def test_already_prepared_needs_force(small, capsys):
-    assert run(small, "--limit", "30") == 2
-    assert "--force" in capsys.readouterr().err
+def test_identical_rerun_succeeds(small):
+    before = json.loads((small / "manifest.json").read_text())
+    assert run(small, "--limit", "30") == 0
+    assert json.loads((small / "manifest.json").read_text())["splits"] == before["splits"]
 
 
 @needs_data
@@ -113,3 +119,103 @@ def test_full_preparation(tmp_path):
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert {s: v["written"] for s, v in m["splits"].items()} == {"train": 2400, "val": 300, "test": 300}
     assert m["splits"]["train"]["counts"] == {str(d): 240 for d in range(10)}
+
+
+# ----------------------------------------------------------------------------- sources: download path, no ../shared
+
+def fake_release(root: Path) -> tuple[str, str, dict]:
+    """A tiny FSDD archive (10 digits x recording index 0, 5, 10: every split) and MNIST idx.gz files
+    (10 images per digit), as file:// URLs. Returns (fsdd url, its listing sha256, mnist sha256s)."""
+    top = f"free-spoken-digit-dataset-{avdigits.FSDD_COMMIT}"
+    with tarfile.open(root / "fsdd.tar.gz", "w:gz") as tar:
+        lines = []
+        for d in range(10):
+            for idx in (0, 5, 10):
+                buf = io.BytesIO()
+                t = np.arange(2400) / 8000
+                sf.write(buf, (0.3 * np.sin(2 * np.pi * (200 + 50 * d + idx) * t)).astype(np.float32), 8000,
+                         format="WAV", subtype="PCM_16")
+                data, name = buf.getvalue(), f"{d}_george_{idx}.wav"
+                info = tarfile.TarInfo(f"{top}/recordings/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+        readme = tarfile.TarInfo(f"{top}/README.md")
+        readme.size = 2
+        tar.addfile(readme, io.BytesIO(b"hi"))
+    listing = hashlib.sha256("".join(sorted(lines, key=lambda x: x.split("  ")[1])).encode()).hexdigest()
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 10)
+    images = np.random.default_rng(0).integers(0, 256, (100, 28, 28), dtype=np.uint8)
+    header = lambda magic, *dims: b"".join(n.to_bytes(4, "big") for n in (magic, *dims))  # noqa: E731
+    idx = {"t10k-images-idx3-ubyte.gz": header(2051, 100, 28, 28) + images.tobytes(),
+           "t10k-labels-idx1-ubyte.gz": header(2049, 100) + labels.tobytes()}
+    (root / "mnist").mkdir()
+    sums = {}
+    for name, data in idx.items():
+        (root / "mnist" / name).write_bytes(gzip.compress(data))
+        sums[name] = hashlib.sha256((root / "mnist" / name).read_bytes()).hexdigest()
+    return (root / "fsdd.tar.gz").as_uri(), listing, sums
+
+
+def leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*") if p.name.endswith((".part", ".tmp", ".tar.gz")))
+
+
+def test_download_checks_and_keeps_only_verified_files(tmp_path):
+    url, listing, sums = fake_release(tmp_path)
+    cache = tmp_path / "cache"
+    fsdd = avdigits.download_fsdd(cache, url=url, digest=listing)
+    assert fsdd == cache / "fsdd" and len(list((fsdd / "recordings").glob("*.wav"))) == 30
+    assert not (fsdd / "README.md").exists() and leftovers(cache) == []
+    mnist = avdigits.download_mnist(cache, url=(tmp_path / "mnist").as_uri() + "/", sha256=sums)
+    images, labels = avdigits.load_mnist(mnist)
+    assert images.shape == (100, 28, 28) and np.bincount(labels).tolist() == [10] * 10
+    assert avdigits.download_fsdd(cache, url="file:///nowhere", digest="x") == fsdd   # already there: no download
+
+
+def test_download_checksum_mismatch_is_one_line_and_keeps_nothing(tmp_path):
+    url, _, sums = fake_release(tmp_path)
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match=r"listing sha256 [0-9a-f]{64}; expected 0{64}") as e:
+        avdigits.download_fsdd(cache, url=url, digest="0" * 64)
+    assert "\n" not in str(e.value) and not (cache / "fsdd").exists() and leftovers(cache) == []
+    bad = {name: "f" * 64 for name in sums}
+    with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte.gz has sha256 [0-9a-f]{64}; expected f{64}"):
+        avdigits.download_mnist(cache, url=(tmp_path / "mnist").as_uri() + "/", sha256=bad)
+    assert not (cache / "mnist" / "t10k-images-idx3-ubyte.gz").exists() and leftovers(cache) == []
+    with pytest.raises(UserError, match=r"cannot download file:///nowhere/t10k"):
+        avdigits.download_mnist(cache, url="file:///nowhere/", sha256=sums)
+
+
+@pytest.fixture
+def no_shared(tmp_path, monkeypatch):
+    """avdigits as in a clone without ../shared: the sources come from (file://) downloads."""
+    url, listing, sums = fake_release(tmp_path)
+    monkeypatch.setattr(avdigits, "SHARED", tmp_path / "no_shared")
+    monkeypatch.setattr(avdigits, "FSDD_URL", url)
+    monkeypatch.setattr(avdigits, "FSDD_RECORDINGS_SHA256", listing)
+    monkeypatch.setattr(avdigits, "MNIST_URL", (tmp_path / "mnist").as_uri() + "/")
+    monkeypatch.setattr(avdigits, "MNIST_SHA256", sums)
+    return tmp_path
+
+
+def test_prepares_from_downloads_without_shared(no_shared, capsys):
+    out = no_shared / "data" / "avdigits"
+    assert avdigits.main(["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"FSDD from {no_shared / 'data' / 'raw' / 'fsdd'}" in err                 # cache: raw/ next to --out
+    m = json.loads((out / "manifest.json").read_text())
+    assert {s: v["written"] for s, v in m["splits"].items()} == {"train": 10, "val": 10, "test": 10}
+
+
+def test_rerun_with_other_parameters_needs_overwrite(no_shared, capsys):
+    out = no_shared / "out"
+    assert avdigits.main(["--out", str(out), "--visual-blur", "0"]) == 0
+    capsys.readouterr()
+    assert avdigits.main(["--out", str(out), "--visual-blur", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[1].startswith("error:")                               # FSDD from ..., error: ...
+    assert "visual_blur: 0.0 -> 2.0" in err[1] and "--overwrite" in err[1]
+    assert avdigits.main(["--out", str(out), "--visual-blur", "0"]) == 0                # identical: accepted
+    assert avdigits.main(["--out", str(out), "--visual-blur", "2", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["params"]["visual_blur"] == 2.0

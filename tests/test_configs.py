@@ -98,12 +98,15 @@ def test_cuda_without_cuda_is_rejected(monkeypatch):
 def test_entrypoint_errors_are_one_line_and_exit_2(tmp_path):
     for args, needle in ((["modulation=nope"], "modulation='nope'"),
                          (["modulation.alpha=-1"], "modulation.alpha"),
+                         (["seed=1.5"], "seed=1.5 is not allowed; expected an integer"),
+                         (["modulation.ge=maybe"], "modulation.ge='maybe' is not allowed; expected true or false"),
                          (["dataset=cremad", f"data_root={tmp_path}"], "python -m data_prep.cremad")):
         p = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/run"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
         lines = [ln for ln in p.stderr.strip().splitlines() if ln]
         assert p.returncode == 2, p.stderr
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+        assert not (tmp_path / "run").exists(), "a run rejected before training left its directory"
 
 
 def test_unprepared_dataset_names_the_prep_command(tmp_path):

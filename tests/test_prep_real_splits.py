@@ -1,15 +1,10 @@
-"""The real split lists (../shared/data/splits, not in the repo) through the parsers and split rules."""
+"""The real split lists (bundled in data_prep/splits) through the parsers and split rules."""
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from data_prep import ave, cremad, kinetics_sounds
-from data_prep.common import stratified_holdout
-
-SPLITS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "splits"
-pytestmark = pytest.mark.skipif(not SPLITS.is_dir(), reason=f"real split lists not available ({SPLITS} is absent)")
+from data_prep.common import BUNDLED_SPLITS as SPLITS, stratified_holdout
 
 
 def test_cremad_reference_lists_and_fair_val():

@@ -1,4 +1,4 @@
-"""data_prep.common: spectrogram recipes against the reference code, decoding, split helpers.
+"""data_prep recipes, decoding and split helpers: spectrogram recipes against the reference code.
 
 Parity tolerances: recipes are compared in float32 against the reference computation with
 atol 1e-4 (same libraries underneath); stored arrays are float16, compared elsewhere with atol 1e-2
@@ -11,9 +11,11 @@ librosa = pytest.importorskip("librosa")
 from scipy import signal  # noqa: E402
 
 from data_prep import synth  # noqa: E402
-from data_prep.common import (RECIPES, Clip, FeatureRecipe, FrameSpec, clip_audio, even_subset,  # noqa: E402
-                              holdout_names, load_wave, read_video_frames, stratified_holdout, tile_to,
+from data_prep.common import Clip, holdout_names, stratified_holdout  # noqa: E402
+from data_prep.decode import (FrameSpec, even_subset, load_wave, read_video_frames, tile_to,  # noqa: E402
                               wanted_frame_indices)
+from data_prep.recipes import RECIPES, FeatureRecipe  # noqa: E402
+from data_prep.runner import clip_audio  # noqa: E402
 
 
 @pytest.fixture(scope="module")

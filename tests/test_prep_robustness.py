@@ -1,6 +1,5 @@
 """Bad clips, interrupted runs, missing inputs: what a long preparation meets in practice."""
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import ave, common, cremad, custom, kinetics_sounds, synth, vggsound
+from data_prep import ave, cremad, custom, kinetics_sounds, synth, vggsound
 from data_prep.store import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,16 +78,16 @@ def test_resume_with_other_parameters_is_refused(raw, tmp_path):
 
 CRASH_SCRIPT = """
 import multiprocessing, os, sys
-from data_prep import common, cremad
+from data_prep import cremad, runner
 victim, raw, out = sys.argv[1:4]
-real = common.prepare_clip
+real = runner.prepare_clip
 def crashing(clip, recipe, frames):
     if clip.clip_id == victim:
         os._exit(1)                     # what a decoder segfault looks like to the pool
     return real(clip, recipe, frames)
-common.prepare_clip = crashing
+runner.prepare_clip = crashing
 # plain fork so the workers inherit the patch; safe here: this fresh process has started no thread pools
-common.Runner._context = staticmethod(lambda: multiprocessing.get_context("fork"))
+runner.Runner._context = staticmethod(lambda: multiprocessing.get_context("fork"))
 cremad.main(["--raw", raw, "--out", out, "--frame-size", "32", "--workers", "2"])
 """
 
@@ -108,9 +107,11 @@ def test_a_clip_that_kills_its_worker_is_isolated_and_skipped(raw, tmp_path):
 @pytest.mark.parametrize("module,argv,message", [
     (cremad, ["--raw", "{t}/nowhere"], "CREMA-D raw folder not found: expected {t}/nowhere"),
     (cremad, ["--raw", "{t}"], "CREMA-D audio folder not found: expected {t}/AudioWAV"),
-    (kinetics_sounds, ["--raw", "{t}"], "Kinetics-Sounds train list not found: expected {t}/my_train.txt"),
-    (ave, ["--raw", "{t}"], "AVE video folder not found: expected {t}/AVE"),
+    (kinetics_sounds, ["--raw", "{t}"], "no video files (.mp4 .mkv .webm .avi .mov .flv .m4v) found under {t}"),
+    (kinetics_sounds, ["--raw", "{t}", "--splits", "{t}/lists"],
+     "Kinetics-Sounds train list not found: expected {t}/lists/my_train.txt"),
     (vggsound, ["--raw", "{t}"], "VGGSound video folder not found: expected {t}/video"),
+    (ave, ["--raw", "{t}"], "AVE video folder not found: expected {t}/AVE"),
     (custom, ["--manifest", "{t}/clips.csv"], "custom manifest CSV not found: expected {t}/clips.csv"),
 ])
 def test_missing_inputs_name_what_was_expected_where(tmp_path, module, argv, message):

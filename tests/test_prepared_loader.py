@@ -21,11 +21,11 @@ def frame_level(row, k):
     return 20 * k + row % 5  # stored frame k of clip `row`: a flat image of this grey level
 
 
-def make_dataset(root, splits=(("train", 23), ("test", 9)), jpeg=False, skip=(3, 7)):
+def make_dataset(root, splits=(("train", 23), ("test", 9)), jpeg=False, skip=(3, 7), skip_in="train"):
     for split, n in splits:
         w = SplitWriter(root, split, n, max_frames=4, frame_hw=(H, W), audio_shape=(F_, T_), jpeg=jpeg)
         for i in w.todo():
-            if split == "train" and i in skip:
+            if split == skip_in and i in skip:
                 w.skip(i, f"{split}{i}", "broken")
                 continue
             t = 1 + i % 4
@@ -71,6 +71,18 @@ def test_missing_selection_split_is_one_line(root):
     with pytest.raises(ConfigError, match=r"selection_split 'val' is not prepared .*splits: train, test") as e:
         build(cfg(root, selection_split="val"), seed=0, batch_size=4)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("split,selection", [("train", "test"), ("test", "test"), ("val", "val")])
+def test_split_without_usable_clips_is_one_line(tmp_path, split, selection):
+    """A hand-made store whose `split` has rows but all skipped: loading stops with one line."""
+    root = make_dataset(tmp_path, splits=(("train", 6), ("val", 4), ("test", 5)),
+                        skip={"train": range(6), "val": range(4), "test": range(5)}[split], skip_in=split)
+    with pytest.raises(DataNotPreparedError) as e:
+        build(cfg(root, selection_split=selection), seed=0, batch_size=4)
+    msg = str(e.value)
+    assert f"split '{split}' at {root} has no usable clip" in msg and "--overwrite" in msg and "\n" not in msg
+    assert "python -m data_prep.demo --out X" in msg
 
 
 @pytest.mark.parametrize("kw,match", [(dict(num_classes=4), "num_classes"), (dict(audio_crop=13), "audio_crop"),

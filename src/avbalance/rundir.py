@@ -76,15 +76,15 @@ def _json_or_none(line: str):
 
 class MetricsLog:
     """metrics.jsonl, one line per epoch. On resume the lines of epochs before the checkpoint are
-    kept, lines past it and a truncated last line dropped, and the checkpoint's own epoch line is
-    restored from the checkpoint if the crash came between the checkpoint and the log write."""
+    kept, lines past it and an unreadable (truncated) line dropped, and the checkpoint's own epoch
+    line is taken from the checkpoint (the crash may have come between the two writes)."""
 
     def __init__(self, path: Path, start_epoch: int, last_row: dict | None = None):
         self.path = path
         rows = [r for r in map(_json_or_none, path.read_text().splitlines() if start_epoch > 0 and path.exists() else [])
                 if isinstance(r, dict) and r.get("epoch", start_epoch) < start_epoch]
-        if last_row is not None and not any(r["epoch"] == last_row["epoch"] for r in rows):
-            rows.append(last_row)
+        if last_row is not None:  # the checkpoint's own epoch comes from the checkpoint
+            rows = [r for r in rows if r["epoch"] != last_row["epoch"]] + [last_row]
         self.rows = rows
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -39,8 +39,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None) -> list[tuple]:
-    """Per-step modulation trace; rows of epochs >= start_epoch and a truncated last row are
-    dropped (resume), and the checkpoint's epoch is restored from the checkpoint if missing."""
+    """Per-step modulation trace; on resume, rows of epochs >= start_epoch and unreadable rows are
+    dropped, and the checkpoint's own epoch is taken from the checkpoint."""
     rows = []
     if start_epoch > 0 and path.exists():
         for line in path.read_text().splitlines()[1:]:
@@ -51,8 +51,8 @@ def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None) -> 
                 continue
             if row[0] < start_epoch and len(row) == 5:
                 rows.append(row)
-    if last_steps and not any(r[0] == last_steps[0][0] for r in rows):
-        rows += [tuple(r) for r in last_steps]
+    if last_steps:  # the checkpoint's own epoch comes from the checkpoint: its lines may be cut
+        rows = [r for r in rows if r[0] != last_steps[0][0]] + [tuple(r) for r in last_steps]
     atomic_write_text(path, "epoch,step,ratio,coeff_audio,coeff_visual\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return rows
 
@@ -127,8 +127,8 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             n_seen += len(batch)
         means, traces = meter.read()  # the epoch's one host sync of the training metrics
         if nonfinite.item():
-            raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, last good checkpoint kept in {ckpt_dir} "
-                                     f"(try a lower optim.lr or precision=fp32)")
+            kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
+            raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, {kept} (try a lower optim.lr or precision=fp32)")
         train_seconds = time.perf_counter() - t0
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

@@ -267,6 +267,12 @@ class PreparedData:
                               f"was prepared with {len(self.class_names)} classes")
         # rows with label -1 (skipped or never written) are not part of the dataset
         self.rows = {s: np.flatnonzero(np.asarray(a.a["labels"]) >= 0) for s, a in self.splits.items()}
+        for s in dict.fromkeys(["train", self.selection_split, "test"]):   # the splits a run reads
+            if s in self.rows and len(self.rows[s]) == 0:
+                raise DataNotPreparedError(
+                    f"dataset '{self.name}': split '{s}' at {self.root} has no usable clip (all "
+                    f"{len(self.splits[s].a['labels'])} rows skipped or not written); expected at least one: "
+                    f"prepare it again with `{cfg.prep_command}` and --overwrite (its error names the cause)")
         self.audio_len = self._check_audio(cfg)
 
     def _check_audio(self, cfg) -> int:
