@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from .config import resolve_device, validate
-from .errors import ConfigError, NonFiniteLossError
+from .errors import ConfigError, DataNotPreparedError, NonFiniteLossError
 from .evaluate import evaluate
 from .logger import build_logger
 from .meter import DeviceMeter
@@ -125,6 +125,8 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             meter.add(logs)
             nonfinite |= ~torch.isfinite(loss.detach())  # a device flag: read once, at the epoch's end
             n_seen += len(batch)
+        if n_seen == 0:
+            raise DataNotPreparedError(f"the train split of dataset '{cfg.dataset.name}' gave no batch; prepare it again (see data_prep/README.md)")
         means, traces = meter.read()  # the epoch's one host sync of the training metrics
         if nonfinite.item():
             kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
