@@ -29,8 +29,10 @@ def evaluate(model, data, split: str, device: torch.device, precision: str = "fp
             out = model(batch.audio, batch.visual)
         y = batch.label
         loss_sum += F.cross_entropy(out.logits.float(), y, reduction="sum")
+        ones = torch.ones_like(y)
         for i, logits in enumerate((out.logits, out.logits_audio, out.logits_visual)):
-            conf[i] += torch.bincount(y * C + logits.argmax(1), minlength=C * C)
+            # index_add_, not bincount: bincount reads the max back to the host (a sync per batch)
+            conf[i].index_add_(0, y * C + logits.argmax(1), ones)
         n += len(y)
     conf = conf.view(len(HEADS), C, C).cpu()  # the one host transfer
     result = {"loss": loss_sum.item() / max(n, 1)}
