@@ -174,8 +174,16 @@ def test_eval_is_deterministic_and_train_reproducible(root):
 def test_workers_give_the_same_batches(root):
     a = build(cfg(root), seed=0, batch_size=4, num_workers=0)
     b = build(cfg(root), seed=0, batch_size=4, num_workers=2)
-    for x, y in zip(a.train_batches(1), b.train_batches(1)):
-        assert torch.equal(x.visual, y.visual) and torch.equal(x.index, y.index)
+    for epoch in (0, 1):
+        xs, ys = list(a.train_batches(epoch)), list(b.train_batches(epoch))
+        assert len(xs) == len(ys) == a.num_batches("train")
+        for x, y in zip(xs, ys):
+            for field in ("audio", "visual", "label", "index"):
+                assert torch.equal(getattr(x, field), getattr(y, field)), (epoch, field)
+    for split in ("train", "test"):
+        xs, ys = list(a.eval_batches(split)), list(b.eval_batches(split))
+        assert len(xs) == len(ys) and all(torch.equal(x.visual, y.visual) and torch.equal(x.label, y.label)
+                                          for x, y in zip(xs, ys))
 
 
 def test_jpeg_store_reads_like_raw(tmp_path, root):
@@ -259,10 +267,19 @@ def test_crop_per_clip_shares_the_crop(tmp_path, crop_per):
     assert same == (crop_per == "clip")
 
 
-def test_early_stop_of_the_consumer_does_not_hang(root):
+def test_early_stop_of_the_consumer_does_not_hang_or_leak_threads(root):
+    import threading
+    import time
+
+    def prefetchers():
+        return [t for t in threading.enumerate() if t.name.startswith("avbalance-prefetch")]
+    assert not prefetchers()
     d = build(cfg(root), seed=0, batch_size=2)
     for epoch in range(5):
         for b in d.train_batches(epoch):
             break  # the prefetch thread must end on its own
+    deadline = time.time() + 5
+    while prefetchers() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not prefetchers(), "prefetch threads outlive the loops that stopped early"
     assert len(list(d.eval_batches("test"))) == 5
-

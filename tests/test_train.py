@@ -123,11 +123,6 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
 
 
-def test_bf16_autocast_run(tmp_path):
-    summary = train(make_cfg("epochs=1", "precision=bf16", "fusion=film"), tmp_path)
-    assert 0.0 <= summary["test/acc"] <= 1.0
-
-
 def test_an_empty_train_split_stops_in_one_line(tmp_path, monkeypatch):
     from avbalance.data.toy import ToyData
     from avbalance.errors import DataNotPreparedError

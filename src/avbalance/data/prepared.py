@@ -124,7 +124,7 @@ def _thread_prefetch(reader: EpochReader, pin: bool, depth: int = 3):
             q.put(e)
         q.put(None)
 
-    t = threading.Thread(target=work, daemon=True)
+    t = threading.Thread(target=work, daemon=True, name="avbalance-prefetch")
     t.start()
     try:
         while (item := q.get()) is not None:
@@ -183,12 +183,23 @@ def random_resized_crop_boxes(n: int, H: int, W: int, g: torch.Generator, scale=
 
 # ----------------------------------------------------------------------------- transforms (device, batched)
 
+_NORM: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """[K, 3, S, S] in 0..255 -> ImageNet-normalised float, (x / 255 - mean) / std in one pass."""
-    std = torch.tensor(IMAGENET_STD, device=x.device)
-    scale = (1 / (255 * std)).view(1, 3, 1, 1)
-    shift = (-torch.tensor(IMAGENET_MEAN, device=x.device) / std).view(1, 3, 1, 1)
+    """[K, 3, S, S] in 0..255 -> ImageNet-normalised float, (x / 255 - mean) / std in one pass.
+    The constants go to the device once (a tensor built from a list per batch is a blocking copy)."""
+    if x.device not in _NORM:
+        std = torch.tensor(IMAGENET_STD)
+        _NORM[x.device] = ((1 / (255 * std)).view(1, 3, 1, 1).to(x.device),
+                           (-torch.tensor(IMAGENET_MEAN) / std).view(1, 3, 1, 1).to(x.device))
+    scale, shift = _NORM[x.device]
     return torch.addcmul(shift, x.float(), scale)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without blocking the host: from pinned memory, non_blocking."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def _to_clip_layout(x: torch.Tensor, B: int, T: int) -> torch.Tensor:
@@ -204,11 +215,11 @@ def _nchw(frames: torch.Tensor) -> torch.Tensor:
 
 
 def train_frames(frames: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] on the device, boxes [B*T, 4] (x1, y1, x2, y2) pixels, flips [B*T]
+    """uint8 [B, T, H, W, 3], boxes [B*T, 4] (x1, y1, x2, y2) pixels and bool flips [B*T], all on the device
     -> RandomResizedCrop + flip + normalise -> [B, 3, T, size, size] float32."""
     B, T, H, W, _ = frames.shape
     x = _nchw(frames)                                                        # [B*T, 3, H, W] uint8
-    flips = flips.to(x.device).view(-1, 1, 1, 1)
+    flips = flips.view(-1, 1, 1, 1)
     # flip(crop(img, box)) == crop(flip(img), mirrored box): flip the small uint8 input rather
     # than the float output, and mirror the box; torch.where keeps it free of host syncs
     x = torch.where(flips, x.flip(-1), x).float()
@@ -331,7 +342,7 @@ class PreparedData:
                 boxes, flips = boxes.repeat_interleave(T, 0), flips.repeat_interleave(T, 0)
             b = self._to_device(b, device)
             yield Batch(self._audio(b["audio"]),
-                        train_frames(b["frames"], boxes.to(device, non_blocking=True), flips.to(device), self.image_size),
+                        train_frames(b["frames"], _to_device(boxes, device), _to_device(flips, device), self.image_size),
                         b["label"], b["index"])
 
     def eval_batches(self, split: str, device=None):

@@ -1,0 +1,55 @@
+"""On CUDA: no host synchronisation in the training step (data path included) or in evaluation,
+under PyTorch's own detector (`torch.cuda.set_sync_debug_mode("error")`). Skips without CUDA;
+on the CPU, tests/test_core_claims.py checks the same loop at the level of PyTorch's operators."""
+import pytest
+import torch
+
+import avbalance.trainer as trainer_module
+from avbalance.data.prepared import PreparedData
+from avbalance.trainer import train
+
+from conftest import make_cfg
+from test_prepared_loader import make_dataset
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+
+
+class SyncErrors:
+    """Every host sync inside the block raises (set_sync_debug_mode 'error')."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeypatch, precision):
+    root = make_dataset(tmp_path / "data", splits=(("train", 40), ("val", 9), ("test", 9)), skip=())
+    steps = []
+
+    def guarded_loop(iterable, **_):  # stands in for tqdm: from the second step on, syncs raise
+        for batch in iterable:
+            steps.append(batch)
+            if len(steps) == 1:
+                yield batch  # the first step builds GE's cached index and cudnn's plans
+                continue
+            with SyncErrors():
+                yield batch
+    monkeypatch.setattr(trainer_module, "tqdm", guarded_loop)
+    real_eval = PreparedData.eval_batches
+
+    def guarded_eval(self, split, device=None):
+        it = real_eval(self, split, device)
+        yield next(it)  # the first batch starts the reader
+        with SyncErrors():
+            yield from it
+    monkeypatch.setattr(PreparedData, "eval_batches", guarded_eval)
+    cfg = make_cfg("dataset=custom", f"dataset.root={root}", "dataset.num_classes=3", "dataset.image_size=16",
+                   "dataset.frames=2", "dataset.selection_split=val", "model=tiny", "model.width=8", "batch_size=8",
+                   "modulation=ogm_ge", "modulation.alpha=0.8", "epochs=2", "device=cuda", f"precision={precision}",
+                   tiny=False)
+    summary = train(cfg, tmp_path / "run")
+    assert len(steps) == 2 * 5 and 0 <= summary["test/acc"] <= 1
