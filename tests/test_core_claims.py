@@ -241,19 +241,19 @@ def test_reference_init_draws_kaiming_fan_out_convs_and_xavier_linears():
 def _heads_by_hand(name, h, a, v):
     """(fused, audio, visual) logits from the head's weights, written out here."""
     lin = lambda x, m: x @ m.weight.T + m.bias  # noqa: E731
-    zero_a, zero_v = torch.zeros_like(a), torch.zeros_like(v)
     if name == "sum":
         la, lv = lin(a, h.fc_a), lin(v, h.fc_v)
         return la + lv, la, lv
+    mean_a, mean_v = a.mean(0).repeat(len(a), 1), v.mean(0).repeat(len(v), 1)  # the batch-mean estimate
     if name == "film":
         def film(a, v):
             gb = lin(a, h.fc)
             return lin(gb[:, : v.shape[1]] * v + gb[:, v.shape[1]:], h.fc_out)
-        return film(a, v), film(a, zero_v), film(zero_a, v)
+        return film(a, v), film(a, mean_v), film(mean_a, v)
     if name == "gated":
         def gated(a, v):
             return lin(torch.sigmoid(lin(a, h.fc_a)) * lin(v, h.fc_v), h.fc_out)
-        return gated(a, v), gated(a, zero_v), gated(zero_a, v)
+        return gated(a, v), gated(a, mean_v), gated(mean_a, v)
     W, b = h.fc.weight, h.fc.bias
     return torch.cat([a, v], 1) @ W.T + b, a @ W[:, : a.shape[1]].T + b / 2, v @ W[:, a.shape[1]:].T + b / 2
 
@@ -315,3 +315,16 @@ def test_meter_means_and_traces():
     m.add({"loss": torch.tensor(3.0)})
     means, traces = m.read()
     assert means == {"loss": pytest.approx(3.0), "r": pytest.approx(30.0)} and traces == {"r": [10.0, 20.0, 60.0]}
+
+
+@pytest.mark.slow  # ~30 s of training in all (the slow tier runs in CI)
+@pytest.mark.parametrize("fusion, epochs", [("concat", 6), ("sum", 6), ("film", 6), ("gated", 10)])
+def test_every_fusion_damps_audio_on_toy(tmp_path, fusion, epochs):
+    """Toy's audio dominates, so OGM must damp audio more than visual over the first epochs, with
+    every fusion's unimodal estimate. (Gated fusion's old zero-the-other estimate failed this: with
+    zero-initialised biases it silenced the audio branch, so visual looked dominant.)"""
+    train(make_cfg(f"fusion={fusion}", "modulation=ogm", f"epochs={epochs}", "optim.lr=0.05", "device=cpu", tiny=False), tmp_path)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    k_audio = sum(r["mod/coeff_audio_mean"] for r in rows) / len(rows)
+    k_visual = sum(r["mod/coeff_visual_mean"] for r in rows) / len(rows)
+    assert k_audio < k_visual - 0.2, (k_audio, k_visual)

@@ -117,8 +117,9 @@ def _key(override) -> str:
 class Plan:
     argv: list[str]                    # what Hydra's main gets (unchanged unless resuming)
     resume_dir: Path | None = None
-    resume_cfg: DictConfig | None = None
+    resume_cfg: DictConfig | None = None  # resume / eval: the run's own config
     resume_choices: dict = field(default_factory=dict)
+    eval_dir: Path | None = None
 
 
 def precheck(argv: list[str]) -> Plan:
@@ -140,6 +141,12 @@ def precheck(argv: list[str]) -> Plan:
             if args.multirun:
                 raise ConfigError("resume=true continues one run; resume each run of a sweep with hydra.run.dir=<its directory>")
             return _plan_resume(argv, args.overrides, parsed, composer)
+        mode = [o for o in parsed if _key(o) == "mode" and not o.is_sweep_override()]
+        ckpt = [o for o in parsed if _key(o) == "ckpt" and not o.is_sweep_override()]
+        if mode and str(mode[-1].value()) == "eval" and ckpt and not args.multirun:
+            plan = _plan_eval(argv, args.overrides, parsed, composer)
+            if plan is not None:
+                return plan
         if not args.multirun:
             if any(o.is_sweep_override() for o in parsed):
                 return Plan(argv)  # Hydra says that a sweep needs --multirun
@@ -164,34 +171,53 @@ def _plan_resume(argv: list[str], overrides: list[str], parsed, composer: Compos
     if not dirs:
         raise ConfigError("resume=true needs the run to continue; add hydra.run.dir=<run directory>")
     run_dir = Path(str(dirs[-1].value()))
-    saved_path, resolved_path = run_dir / ".hydra" / "overrides.yaml", run_dir / "config_resolved.yaml"
-    if not saved_path.exists():
+    if not (run_dir / ".hydra" / "overrides.yaml").exists():
         raise ConfigError(f"resume=true: {run_dir} is not a run directory (no .hydra/overrides.yaml); "
                           f"expected hydra.run.dir=<the directory of the run to continue>")
-    if not (run_dir / "ckpt" / "last.pt").exists() or not resolved_path.exists():
+    if not (run_dir / "ckpt" / "last.pt").exists() or not (run_dir / "config_resolved.yaml").exists():
         raise ConfigError(f"resume=true: {run_dir} has no checkpoint yet (ckpt/last.pt is written at the end of "
                           f"the first epoch); start the run again without resume=true")
-    saved = [o for o in yaml.safe_load(saved_path.read_text()) or [] if not _is_hydra(o)]
-    new = [(o, s) for o, s in zip(parsed, overrides) if not _is_hydra(s) and _key(o) != "resume"]
+    cfg, choices = _run_config(run_dir, parsed, overrides, composer, "resume=true", skip=("resume",))
+    cfg.resume = True
+    return Plan(argv, run_dir, cfg, choices)
+
+
+def _plan_eval(argv: list[str], overrides: list[str], parsed, composer: Composer) -> Plan | None:
+    """mode=eval ckpt=<run>/ckpt/<x>.pt: the run's own config (as resume), results into <run>/eval_<x>/."""
+    ckpt = Path(str([o for o in parsed if _key(o) == "ckpt"][-1].value()))
+    run_dir = ckpt.parent.parent
+    if not (run_dir / ".hydra" / "overrides.yaml").exists() or not (run_dir / "config_resolved.yaml").exists():
+        return None  # a checkpoint outside a run directory: the command line's config is used
+    cfg, choices = _run_config(run_dir, parsed, overrides, composer, "mode=eval", skip=("mode", "ckpt"))
+    cfg.mode, cfg.ckpt = "eval", str(ckpt)
+    dirs = [o for o in parsed if _key(o) == "hydra.run.dir"]
+    return Plan(argv, eval_dir=Path(str(dirs[-1].value())) if dirs else run_dir / f"eval_{ckpt.stem}", resume_cfg=cfg,
+                resume_choices=choices)
+
+
+def _run_config(run_dir: Path, parsed, overrides: list[str], composer: Composer, what: str, skip=()) -> tuple:
+    """A run's own config (config_resolved.yaml, typed by the schema) with the command line's safe
+    overrides applied; any other override that would change it is refused in one line."""
+    saved = [o for o in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [] if not _is_hydra(o)]
+    new = [(o, s) for o, s in zip(parsed, overrides) if not _is_hydra(s) and _key(o) not in skip]
     safe = [(o, s) for o, s in new if _key(o).split(".")[0] in RESUME_SAFE]
     base = OmegaConf.to_container(composer(saved), resolve=True)
     bad = [_key(o) for o, s in new
            if (o, s) not in safe and OmegaConf.to_container(composer(_replace(saved, [(o, s)])), resolve=True) != base]
     if bad:
-        raise ConfigError(f"resume=true: {', '.join(bad)} would change the run's saved config; "
-                          f"only {', '.join(RESUME_SAFE)} may change when resuming")
+        raise ConfigError(f"{what}: {', '.join(bad)} would change the run's saved config; "
+                          f"only {', '.join(RESUME_SAFE)} may change")
     safe_keys = {_key(o) for o, _ in safe}
     composed = composer(_replace(saved, safe))
-    cfg = OmegaConf.merge(composed, OmegaConf.load(resolved_path))  # the run's own values, typed
+    cfg = OmegaConf.merge(composed, OmegaConf.load(run_dir / "config_resolved.yaml"))  # the run's own values, typed
     for key in safe_keys:
         OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False)
-    cfg.resume = True
     validate(cfg)
     resolve_device(cfg.device)
     choices = read_json(run_dir / "meta.json").get("choices", {}) if (run_dir / "meta.json").exists() else {}
     if "logger" in safe_keys:
         choices["logger"] = composed.logger.name
-    return Plan(argv, run_dir, cfg, choices)
+    return cfg, choices
 
 
 def _replace(saved: list[str], new: list[tuple]) -> list[str]:
@@ -206,6 +232,18 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict, *, multirun: bool, fresh_
     in a sweep, a failed run writes its status and reason into summary.json and the sweep goes on."""
     from .trainer import format_summary, train
 
+    if cfg.mode == "eval":  # evaluate a checkpoint: eval.json and predictions_<split>.csv into the run dir
+        from .evalmode import run_eval
+        try:
+            run_eval(cfg, Path(cfg.ckpt), run_dir)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return None
+    done = run_dir / "summary.json"
+    if cfg.skip_done and done.exists() and read_json(done).get("status") == "ok":
+        print(f"skipped (finished before): {run_dir}")  # skip_done=true: re-running a table runs what is missing
+        return read_json(done)["best"].get("val/acc")
     try:
         summary = train(cfg, run_dir, choices)
     except KeyboardInterrupt:
@@ -264,6 +302,15 @@ def main(argv: list[str], hydra_main) -> int:
         return 2
     if plan.resume_dir is not None:
         resume(plan)
+        return 0
+    if plan.eval_dir is not None:
+        from .evalmode import run_eval
+        try:
+            run_eval(plan.resume_cfg, Path(plan.resume_cfg.ckpt), plan.eval_dir)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {plan.eval_dir}/eval.json and predictions_<split>.csv")
         return 0
     hydra_main()
     return 1 if SweepReport.failed else 0

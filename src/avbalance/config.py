@@ -23,6 +23,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers!r} must be a non-negative integer")
+    if cfg.model.get("modalities", "both") != "both" and cfg.modulation.name != "none":
+        raise ConfigError(f"model.modalities={cfg.model.modalities} trains one encoder; modulation={cfg.modulation.name} "
+                          f"balances two: expected modulation=none")
+    if cfg.mode == "eval" and not cfg.ckpt:
+        raise ConfigError("mode=eval needs the checkpoint: add ckpt=<run dir>/ckpt/best.pt")
     if cfg.modulation.name not in METHODS:
         raise ConfigError(f"modulation.name={cfg.modulation.name!r} is not a registered method; expected one of {METHODS.names()}")
     METHODS.get(cfg.modulation.name).check_config(cfg.modulation)

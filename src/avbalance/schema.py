@@ -23,11 +23,25 @@ class Choice(str, Enum):
 
 
 Precision = Choice("Precision", {v: v for v in ("fp32", "bf16")})
-FrameSelection = Choice("FrameSelection", {v: v for v in ("even", "random", "reference")})
+FrameSelection = Choice("FrameSelection", {v: v for v in ("even", "random", "reference", "segments")})
+Modalities = Choice("Modalities", {v: v for v in ("both", "audio", "visual")})
+Mode = Choice("Mode", {v: v for v in ("train", "eval")})
 CropPer = Choice("CropPer", {v: v for v in ("frame", "clip")})
-Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "probe")})
+Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "mean", "probe")})
 Scheduler = Choice("Scheduler", {v: v for v in ("step", "none")})
 WandbMode = Choice("WandbMode", {v: v for v in ("offline", "online", "disabled")})
+
+
+@dataclass
+class ProtocolConfig:
+    name: str = "fair"                # fair | paper (configs/protocol/)
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = False             # linear probes on the frozen encoders after training
+    epochs: int = 50
+    lr: float = 1e-3
 
 
 @dataclass
@@ -46,6 +60,11 @@ class TrainConfig:
     num_workers: int = 0
     resume: bool = False
     data_root: str = "data"
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    skip_done: bool = False           # a run dir that already holds a finished summary.json: return at once
+    mode: Mode = Mode.train           # eval: evaluate `ckpt` instead of training
+    ckpt: Optional[str] = None
 
 
 # --- dataset -----------------------------------------------------------------------------------
@@ -56,9 +75,12 @@ class DatasetConfig:
     epochs: int = MISSING
     num_classes: Optional[int] = MISSING
     selection_split: str = "val"
+    train_splits: List[str] = field(default_factory=lambda: ["train"])  # protocol=paper: [train, val]
     spec_shape: Optional[List[int]] = None
     frames: int = 1
     image_size: int = 224
+    frame_selection: FrameSelection = FrameSelection.even
+    reference_frames: FrameSelection = FrameSelection.reference  # what the reference code feeds (protocol=paper)
 
 
 @dataclass
@@ -75,7 +97,6 @@ class ToyDataset(DatasetConfig):
 class PreparedDataset(DatasetConfig):
     root: str = MISSING
     prep_command: str = ""
-    frame_selection: FrameSelection = FrameSelection.even
     crop_per: CropPer = CropPer.frame
     audio_crop: Optional[int] = None
 
@@ -84,6 +105,7 @@ class PreparedDataset(DatasetConfig):
 @dataclass
 class ResNet18Model:
     name: str = "resnet18"
+    modalities: Modalities = Modalities.both  # audio | visual: a unimodal model (one encoder + linear head)
 
 
 @dataclass
@@ -91,6 +113,7 @@ class ConvModel:
     name: str = MISSING
     width: int = 16
     depth: int = 2
+    modalities: Modalities = Modalities.both
 
 
 @dataclass

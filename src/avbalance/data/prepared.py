@@ -73,6 +73,47 @@ class SplitArrays:
         return np.stack(out).reshape(*pos.shape, *out[0].shape)
 
 
+class ConcatArrays:
+    """Several splits read as one (protocol=paper trains on train + val, as the reference trained
+    on its whole train list): row r of the union is row r - offset of the split it falls in."""
+
+    def __init__(self, parts: list[SplitArrays]):
+        self.parts, self.format, self.jpeg = parts, parts[0].format, parts[0].jpeg
+        shapes = {(tuple(p.format["audio_shape"]), tuple(p.format["frame_hw"])) for p in parts}
+        if len(shapes) != 1:
+            raise ConfigError(f"dataset.train_splits {[p.dir.name for p in parts]} were prepared with different shapes")
+        self.offsets = np.cumsum([0] + [len(p.a["labels"]) for p in parts])
+        self._a = None
+
+    def __getstate__(self):  # DataLoader workers reopen the memmaps
+        return {**self.__dict__, "_a": None}
+
+    def _pieces(self, rows: np.ndarray):
+        """rows [B] sorted -> (part, its rows, mask into rows) per part, in row order."""
+        for p, lo, hi in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
+            sel = (rows >= lo) & (rows < hi)
+            if sel.any():
+                yield p, rows[sel] - lo, sel
+
+    @property
+    def a(self) -> dict:
+        if self._a is None:
+            cat = lambda k: np.concatenate([np.asarray(p.a[k]) for p in self.parts])  # noqa: E731  small arrays
+            self._a = {"labels": cat("labels"), "n_frames": cat("n_frames"), "audio": _ConcatRows(self)}
+        return self._a
+
+    def read_frames(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.read_frames(r, pos[sel]) for p, r, sel in self._pieces(rows)])
+
+
+class _ConcatRows:
+    def __init__(self, arrays: ConcatArrays):
+        self.arrays = arrays
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.a["audio"][r] for p, r, _ in self.arrays._pieces(rows)])
+
+
 class EpochReader(torch.utils.data.Dataset):
     """Item k = batch k of one epoch's plan, read from disk. The plan (which rows, which stored
     frames, where the audio window starts) is drawn up front in the main process, so workers
@@ -140,14 +181,16 @@ def _thread_prefetch(reader: EpochReader, pin: bool, depth: int = 3):
 def pick_frames(n_stored: np.ndarray, t: int, policy: str, g: torch.Generator | None = None) -> np.ndarray:
     """Stored-frame indices to feed, per clip: n_stored [N] (>= 1) -> [N, t] int64."""
     n = torch.from_numpy(n_stored.astype(np.int64)).clamp(min=1)[:, None]  # [N, 1]
-    if policy == "reference":
+    if policy == "reference":  # the first t stored frames (the reference's CREMA-D/VGGSound reading)
         return torch.minimum(torch.arange(t)[None, :], n - 1).numpy()
+    if policy == "segments":   # the reference AVDataset (KS, AVE): seg = n // t, frames 0, seg, 2 seg
+        return torch.minimum(torch.arange(t)[None, :] * (n // t).clamp(min=1), n - 1).numpy()
     if policy == "even":
         u = torch.full((len(n), t), 0.5, dtype=torch.float64)                # segment centres
     elif policy == "random":
         u = torch.rand(len(n), t, generator=g, dtype=torch.float64)          # anywhere in the segment
     else:
-        raise ConfigError(f"frame_selection must be even, random or reference, got '{policy}'")
+        raise ConfigError(f"frame_selection must be even, random, reference or segments, got '{policy}'")
     pos = ((torch.arange(t)[None, :] + u) * n / t).floor().long()            # [N, t]
     return torch.minimum(pos, n - 1).numpy()
 
@@ -265,6 +308,14 @@ class PreparedData:
         self.split_names = sorted(self.splits, key=lambda s: (order.get(s, 3), s))
         if "train" not in self.splits:
             raise DataNotPreparedError(f"dataset '{self.name}' at {self.root} has no train split: run `{cfg.prep_command}`")
+        train_splits = list(cfg.get("train_splits") or ["train"])
+        missing = [t for t in train_splits if t not in self.splits]
+        if missing:
+            raise ConfigError(f"dataset '{self.name}': dataset.train_splits names {missing}, not prepared at {self.root} "
+                              f"(splits: {', '.join(self.split_names)})")
+        # the arrays a run reads per split; "train" may be a union (protocol=paper: train + val)
+        self.arrays = {**self.splits, "train": ConcatArrays([self.splits[t] for t in train_splits])
+                       if len(train_splits) > 1 else self.splits[train_splits[0]]}
         self.selection_split = cfg.selection_split
         if self.selection_split not in self.splits:
             raise ConfigError(f"dataset '{self.name}': selection_split '{self.selection_split}' is not prepared at "
@@ -277,12 +328,12 @@ class PreparedData:
             raise ConfigError(f"dataset '{self.name}': num_classes is {self.num_classes} but {self.root} "
                               f"was prepared with {len(self.class_names)} classes")
         # rows with label -1 (skipped or never written) are not part of the dataset
-        self.rows = {s: np.flatnonzero(np.asarray(a.a["labels"]) >= 0) for s, a in self.splits.items()}
+        self.rows = {s: np.flatnonzero(np.asarray(a.a["labels"]) >= 0) for s, a in self.arrays.items()}
         for s in dict.fromkeys(["train", self.selection_split, "test"]):   # the splits a run reads
             if s in self.rows and len(self.rows[s]) == 0:
                 raise DataNotPreparedError(
                     f"dataset '{self.name}': split '{s}' at {self.root} has no usable clip (all "
-                    f"{len(self.splits[s].a['labels'])} rows skipped or not written); expected at least one: "
+                    f"{len(self.arrays[s].a['labels'])} rows skipped or not written); expected at least one: "
                     f"prepare it again with `{cfg.prep_command}` and --overwrite (its error names the cause)")
         self.audio_len = self._check_audio(cfg)
 
@@ -302,7 +353,7 @@ class PreparedData:
         return -(-len(self.rows[split]) // self.batch_size)
 
     def _reader(self, split: str, order: np.ndarray, frame_policy: str, audio_random: bool, g) -> EpochReader:
-        a = self.splits[split]
+        a = self.arrays[split]
         n_stored = np.asarray(a.a["n_frames"])
         frame_pos = pick_frames(n_stored, self.frames, frame_policy, g)        # [N, frames], by row
         spare = a.format["audio_shape"][1] - self.audio_len                     # free columns to place the crop in
@@ -349,7 +400,7 @@ class PreparedData:
         device = torch.device(device or self.device)
         if split not in self.splits:
             raise ConfigError(f"dataset '{self.name}' has no split '{split}' at {self.root} (splits: {', '.join(self.split_names)})")
-        policy = "reference" if self.frame_selection == "reference" else "even"  # eval never draws frames
+        policy = "even" if self.frame_selection == "random" else self.frame_selection  # eval never draws frames
         reader = self._reader(split, self.rows[split], policy, False, None)
         for b in self._cpu_batches(reader, device):
             b = self._to_device(b, device)

@@ -21,6 +21,8 @@ SPLIT_STREAMS = {"train": 1, "val": 2, "test": 3}
 
 def _textures(n: int, kernels: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     """Unit-variance class textures: white noise filtered by the class's kernel. -> [n, *shape]"""
+    if n == 0:  # an empty split (dataset.n_val=0): the trainer names it
+        return torch.zeros(0, *shape)
     c, h, w = shape[-3], shape[-2], shape[-1]
     lead = shape[:-3]
     field = torch.randn(n * math.prod(lead) * c, 1, h + 4, w + 4, generator=g)
@@ -63,6 +65,8 @@ class ToyData:
         # the whole dataset lives on the device: a batch is an index_select, nothing to wait for
         self.data = {s: tuple(t.to(device) for t in v) for s, v in make_toy(cfg, seed).items()}
         self.split_names = list(self.data)
+        train = list(cfg.get("train_splits") or ["train"])  # protocol=paper: train + val
+        self.data["train"] = tuple(torch.cat(parts) for parts in zip(*(self.data[s] for s in train)))
 
     def num_batches(self, split: str) -> int:
         return -(-len(self.data[split][2]) // self.batch_size)

@@ -32,7 +32,7 @@ class FusionHead(nn.Module):
 
     def __init__(self, da: int, dv: int, num_classes: int, unimodal: str = "native"):
         super().__init__()
-        allowed = ("native", self.native, "zero", "probe")
+        allowed = ("native", self.native, "zero", "mean", "probe")
         if unimodal not in allowed:
             raise ConfigError(f"fusion.unimodal={unimodal!r} is not supported by {type(self).__name__}; expected one of {sorted(set(allowed))}")
         self.unimodal = self.native if unimodal == "native" else unimodal
@@ -52,6 +52,12 @@ class FusionHead(nn.Module):
         if self.unimodal == "zero":
             # maintainers' suggestion for non-linear heads: the other modality's feature set to zero
             return FusionOutput(logits, self.fuse(a, torch.zeros_like(v)), self.fuse(torch.zeros_like(a), v))
+        if self.unimodal == "mean":
+            # the other modality's feature replaced by its batch mean: it carries no per-sample
+            # information, but the head still sees a typical input (zero is atypical after ReLU, and
+            # with zero-initialised biases it silences a gated or FiLM-ed branch entirely)
+            a_mean, v_mean = a.detach().mean(0, keepdim=True).expand_as(a), v.detach().mean(0, keepdim=True).expand_as(v)
+            return FusionOutput(logits, self.fuse(a, v_mean), self.fuse(a_mean, v))
         return FusionOutput(logits, *self.native_unimodal(a, v, logits))
 
 
@@ -95,8 +101,8 @@ class SumFusion(FusionHead):
 @FUSIONS.register("film")
 class FiLMFusion(FusionHead):
     """Audio conditions visual (reference x_film=True): gamma, beta = fc(a); fc_out(gamma * v + beta).
-    No split logits exist: unimodal logits zero the other modality's feature."""
-    native = "zero"
+    No split logits exist: unimodal logits replace the other modality's feature by its batch mean."""
+    native = "mean"
 
     def __init__(self, da, dv, num_classes, unimodal="native", **_):
         super().__init__(da, dv, num_classes, unimodal)
@@ -111,8 +117,8 @@ class FiLMFusion(FusionHead):
 @FUSIONS.register("gated")
 class GatedFusion(FusionHead):
     """Audio gates visual (reference x_gate=True): fc_out(sigmoid(fc_a(a)) * fc_v(v)).
-    No split logits exist: unimodal logits zero the other modality's feature."""
-    native = "zero"
+    No split logits exist: unimodal logits replace the other modality's feature by its batch mean."""
+    native = "mean"
 
     def __init__(self, da, dv, num_classes, unimodal="native", hidden=None, **_):
         super().__init__(da, dv, num_classes, unimodal)

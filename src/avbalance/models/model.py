@@ -28,7 +28,9 @@ class AVClassifier(nn.Module):
         self.head = head
 
     def encode(self, audio: torch.Tensor, visual: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"audio": self.encoders["audio"](audio), "visual": self.encoders["visual"](visual)}
+        """{modality: [B, D]}; a unimodal model's missing modality is an empty [B, 0] feature."""
+        x = {"audio": audio, "visual": visual}
+        return {m: self.encoders[m](x[m]) if m in self.encoders else x[m].new_zeros(len(x[m]), 0) for m in x}
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> FusionOutput:
         f = self.encode(audio, visual)
@@ -36,6 +38,8 @@ class AVClassifier(nn.Module):
 
     def encoder_params(self, modality: str, scope: str = "all") -> list[nn.Parameter]:
         """`scope=conv`: the 4-D conv kernels only (the reference's `len(grad.size()) == 4`)."""
+        if modality not in self.encoders:  # a unimodal model
+            return []
         params = [p for p in self.encoders[modality].parameters() if p.requires_grad]
         return [p for p in params if p.dim() == 4] if scope == "conv" else params
 
@@ -43,11 +47,31 @@ class AVClassifier(nn.Module):
         return [p for p in self.head.parameters() if p.requires_grad]
 
 
+class UnimodalHead(nn.Module):
+    """`model.modalities=audio|visual`: one encoder and a linear head (the paper's unimodal
+    columns). Both unimodal outputs are the model's own logits, so the loop and the metrics run
+    unchanged; balancing methods do not apply (config.validate asks for modulation=none)."""
+
+    def __init__(self, modality: str, dim: int, num_classes: int):
+        super().__init__()
+        self.modality = modality
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor) -> FusionOutput:
+        logits = self.fc(a if self.modality == "audio" else v)
+        return FusionOutput(logits, logits, logits)
+
+
 def build_model(model_cfg, fusion_cfg, num_classes: int) -> AVClassifier:
-    enc_kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+    modalities = str(model_cfg.get("modalities", "both"))
+    enc_kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "modalities")}
     encoders = ENCODERS.get(model_cfg.name)(**enc_kwargs)
-    fus_kwargs = {k: v for k, v in fusion_cfg.items() if k != "name"}
-    head = FUSIONS.get(fusion_cfg.name)(encoders["audio"].out_dim, encoders["visual"].out_dim, num_classes, **fus_kwargs)
+    if modalities != "both":
+        encoders = {modalities: encoders[modalities]}
+        head = UnimodalHead(modalities, encoders[modalities].out_dim, num_classes)
+    else:
+        fus_kwargs = {k: v for k, v in fusion_cfg.items() if k != "name"}
+        head = FUSIONS.get(fusion_cfg.name)(encoders["audio"].out_dim, encoders["visual"].out_dim, num_classes, **fus_kwargs)
     model = AVClassifier(encoders, head)
     model.apply(reference_init)
     return model
