@@ -49,9 +49,10 @@ def test_resume_uses_the_runs_own_config_and_refuses_contradictions(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == again
 
     # a safe key extends the run: epochs 2 -> 3 continues from the checkpoint
+    before = rows(run)
     rc, _, err = cli("resume=true", f"hydra.run.dir={run}", "epochs=3", cwd=tmp_path)
     assert rc == 0, err
-    assert [r["epoch"] for r in rows(run)] == [0, 1, 2] and rows(run)[:2] == rows(run)[:2]
+    assert [r["epoch"] for r in rows(run)] == [0, 1, 2] and rows(run)[:2] == before
     cfg = yaml.safe_load((run / "config_resolved.yaml").read_text())
     assert (cfg["epochs"], cfg["modulation"]["name"], cfg["fusion"]["name"], cfg["seed"]) == (3, "ogm", "sum", 3)
     assert (run / ".hydra" / "overrides.yaml").read_text() == overrides
