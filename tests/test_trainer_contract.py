@@ -491,3 +491,23 @@ def test_the_dataset_is_built_from_the_runs_settings(tmp_path, monkeypatch):
     (dataset_cfg, kw), = seen
     assert dataset_cfg == cfg.dataset
     assert kw == {"seed": 4, "batch_size": 32, "num_workers": 1, "device": torch.device("cpu")}
+
+
+def test_resume_from_a_checkpoint_without_its_log_record(tmp_path):
+    """A last.pt without the "log" record (written before it existed): the rows come from the files."""
+    from avbalance.rundir import save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_0(epoch, row):
+        raise Stop
+    overrides = ("epochs=2", "modulation=none", "dataset.n_train=64")
+    with pytest.raises(Stop):
+        train(make_cfg(*overrides), tmp_path, callbacks=[stop_after_0])
+    state = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    del state["log"]
+    save_checkpoint(tmp_path / "ckpt" / "last.pt", state)
+    train(make_cfg(*overrides, "resume=true"), tmp_path)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
