@@ -12,7 +12,6 @@ from avbalance.cli import Composer
 from avbalance.config import validate
 from avbalance.data.prepared import build, pick_frames
 from avbalance.errors import ConfigError
-from avbalance.evaluate import evaluate
 from avbalance.trainer import train
 
 from conftest import CONFIG_DIR, ROOT, make_cfg
@@ -73,7 +72,6 @@ def _spy_splits(monkeypatch):
         return real(model, data, split, device, precision, **kw)
     monkeypatch.setattr(trainer_module, "evaluate", spy)
     seen = []
-    real_loop = trainer_module.tqdm
 
     def counting(iterable, **kw):
         for batch in iterable:

@@ -7,7 +7,6 @@ config, one-line errors, and sweeps that outlive a failed run.
 """
 from __future__ import annotations
 
-import json
 import logging.config
 import re
 import shutil
