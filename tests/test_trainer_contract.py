@@ -484,13 +484,41 @@ def test_the_dataset_is_built_from_the_runs_settings(tmp_path, monkeypatch):
 
     def recording(cfg, **kw):
         seen.append((cfg, kw))
-        return real(cfg, **kw)
+        data = real(cfg, **kw)
+        real_batches = data.train_batches
+
+        def train_batches(*args, **kwargs):
+            seen.append(("train_batches", args, kwargs))
+            return real_batches(*args, **kwargs)
+        data.train_batches = train_batches
+        return data
     monkeypatch.setitem(DATASETS._entries, "toy", recording)
-    cfg = make_cfg("epochs=1", "modulation=none", "dataset.n_train=64", "seed=4", "batch_size=32", "num_workers=1")
+    cfg = make_cfg("epochs=2", "modulation=none", "dataset.n_train=64", "seed=4", "batch_size=32", "num_workers=1")
     train(cfg, tmp_path)
-    (dataset_cfg, kw), = seen
+    (dataset_cfg, kw), *batches = seen
     assert dataset_cfg == cfg.dataset
     assert kw == {"seed": 4, "batch_size": 32, "num_workers": 1, "device": torch.device("cpu")}
+    cpu = torch.device("cpu")  # the loop asks for each epoch's batches on the run's device
+    assert batches == [("train_batches", (0, cpu), {}), ("train_batches", (1, cpu), {})]
+
+
+def test_a_train_split_of_one_clip_trains(tmp_path):
+    summary = train(make_cfg("epochs=1", "modulation=none", "dataset.n_train=1"), tmp_path)
+    assert summary["last"]["samples_per_second"] > 0 and summary["status"] == "ok"
+
+
+def test_linear_probes_use_the_runs_probe_settings_on_the_selected_weights(tmp_path):
+    from avbalance.data.toy import build_toy
+    from avbalance.diagnostics import linear_probe
+    from avbalance.models import build_model
+    cfg = make_cfg("epochs=1", "modulation=none", "dataset.n_train=64", "seed=3", "probe.enabled=true",
+                   "probe.epochs=2", "probe.lr=0.02")
+    summary = train(cfg, tmp_path)
+    data = build_toy(cfg.dataset, seed=3, batch_size=cfg.batch_size, device=torch.device("cpu"))
+    model = build_model(cfg.model, cfg.fusion, data.num_classes)
+    model.load_state_dict(load_checkpoint(tmp_path / "ckpt" / "best.pt")["model"])
+    want = linear_probe(model, data, torch.device("cpu"), epochs=2, lr=0.02, seed=3)
+    assert want and {k: summary[k] for k in want} == want
 
 
 def test_resume_from_a_checkpoint_without_its_log_record(tmp_path):
