@@ -88,3 +88,16 @@ def test_float32_scores_are_ranked_in_double():
     assert ap.dtype == torch.float64
     # class 1: scores .75(+) .5(+) .25(-) -> 1; class 0: .75(+) .5(-) .25(-) -> 1
     assert ap.tolist() == [1.0, 1.0]
+
+
+def test_follows_the_inputs_device_not_torchs_default_device():
+    # everything average_precision creates must live on the scores' device: with another default
+    # device (here meta), a tensor made without device= would not meet the inputs
+    s, y = torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), torch.tensor([1, 0, 0])
+    expected = average_precision(s, y)
+    torch.set_default_device("meta")
+    try:
+        got = average_precision(s, y)
+    finally:
+        torch.set_default_device(None)
+    assert got.device.type == "cpu" and torch.equal(got, expected)

@@ -105,7 +105,9 @@ def test_resume_repairs_the_last_log_lines(tmp_path, damage):
 def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     run = tmp_path / "run"
     p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "epochs=200", "modulation=ogm", f"hydra.run.dir={run}"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a shell's background job inherits SIGINT ignored, and Python keeps it so
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
         time.sleep(0.1)

@@ -285,3 +285,17 @@ def test_ogm_keeps_its_settings_and_selects_parameters_once():
         assert [id(p) for p in method.params[m]] == [id(p) for p in model.encoders[m].parameters()]
     conv = OGM(ogm_cfg(), model, device=CPU, seed=0)
     assert all(p.dim() == 4 for m in ("audio", "visual") for p in conv.params[m]) and len(conv.params["audio"]) == 2
+
+
+def test_ge_noise_is_made_on_the_gradients_device_not_torchs_default_device():
+    # with another default device (meta), noise made without device= would not meet the gradients
+    grads, k = _grads(torch.float32), torch.tensor(0.5)
+    expected = oracle_ge([g.clone() for g in grads], 0.5, seed=3)
+    torch.set_default_device("meta")
+    try:
+        modulate_(grads, k, torch.Generator().manual_seed(3))
+    finally:
+        torch.set_default_device(None)
+    for g, e in zip(grads, expected):
+        assert g.device.type == "cpu"
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-6)

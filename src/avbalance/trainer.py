@@ -95,9 +95,8 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         start_epoch, best, last_log = state["epoch"] + 1, state["best"], state.get("log", {})
         # a crash between writing best.pt and last.pt leaves a best.pt newer than last.pt's record:
         # the record follows the file, so that test/* always describes the weights in best.pt
-        best_file = load_checkpoint(ckpt_dir / "best.pt", map_location="cpu") if (ckpt_dir / "best.pt").exists() else {}
-        if best_file.get("best", best)["epoch"] != best["epoch"]:
-            best = best_file["best"]
+        if (ckpt_dir / "best.pt").exists():
+            best = load_checkpoint(ckpt_dir / "best.pt", map_location="cpu")["best"]
         log.info("resumed from %s at epoch %d", last, start_epoch)
     else:
         atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -59,8 +59,8 @@ def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float,
 def noise_owner(grads: list[torch.Tensor]) -> torch.Tensor:
     """[sum of numels]: for each element of the flattened gradients, the index of its tensor.
     Built once per parameter list (a host-to-device copy), not on every step."""
-    numels = torch.tensor([g.numel() for g in grads])
-    return torch.repeat_interleave(torch.arange(len(grads)), numels).to(grads[0].device)
+    numels = torch.tensor([g.numel() for g in grads], device="cpu")  # built on the host, copied once
+    return torch.repeat_interleave(numels).to(grads[0].device)  # [0]*n0 + [1]*n1 + ...
 
 
 def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Generator | None = None,

@@ -42,7 +42,7 @@ class FusionHead(nn.Module):
     def fuse(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def native_unimodal(self, a, v, logits):
+    def native_unimodal(self, a, v):
         raise NotImplementedError
 
     def forward(self, a: torch.Tensor, v: torch.Tensor) -> FusionOutput:
@@ -56,9 +56,9 @@ class FusionHead(nn.Module):
             # the other modality's feature replaced by its batch mean: it carries no per-sample
             # information, but the head still sees a typical input (zero is atypical after ReLU, and
             # with zero-initialised biases it silences a gated or FiLM-ed branch entirely)
-            a_mean, v_mean = a.detach().mean(0, keepdim=True).expand_as(a), v.detach().mean(0, keepdim=True).expand_as(v)
+            a_mean, v_mean = a.detach().mean(0).expand_as(a), v.detach().mean(0).expand_as(v)  # [D] -> [B, D]
             return FusionOutput(logits, self.fuse(a, v_mean), self.fuse(a_mean, v))
-        return FusionOutput(logits, *self.native_unimodal(a, v, logits))
+        return FusionOutput(logits, *self.native_unimodal(a, v))
 
 
 @FUSIONS.register("concat")
@@ -73,7 +73,7 @@ class ConcatFusion(FusionHead):
     def fuse(self, a, v):
         return self.fc(torch.cat([a, v], dim=1))
 
-    def native_unimodal(self, a, v, logits):
+    def native_unimodal(self, a, v):
         w, half_b = self.fc.weight, self.fc.bias / 2
         return F.linear(a, w[:, : self.da], half_b), F.linear(v, w[:, self.da:], half_b)
 
@@ -91,7 +91,7 @@ class SumFusion(FusionHead):
     def fuse(self, a, v):
         return self.fc_a(a) + self.fc_v(v)
 
-    def native_unimodal(self, a, v, logits):
+    def native_unimodal(self, a, v):
         out_a, out_v = self.fc_a(a), self.fc_v(v)
         if self.eval_half_bias and not self.training:  # reference's valid(): bias/2
             out_a, out_v = out_a - self.fc_a.bias / 2, out_v - self.fc_v.bias / 2
