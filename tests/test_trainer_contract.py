@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 import avbalance.trainer as trainer_module
 from avbalance.meter import DeviceMeter
 from avbalance.rundir import load_checkpoint
-from avbalance.trainer import TRACE, _rng_state, _set_rng_state, _steps_csv, format_summary, train
+from avbalance.methods.base import Method
+from avbalance.trainer import _rng_state, _set_rng_state, _steps_csv, format_summary, train
 
 from conftest import make_cfg
 
@@ -22,6 +23,7 @@ LR, GAMMA = 0.05, 0.5
 # the run writes can be checked to be resolved
 OVERRIDES = ("dataset.epochs=3", "modulation=ogm", "modulation.alpha=0.8", f"optim.lr={LR}", "optim.step_size=1",
              f"optim.gamma={GAMMA}", "seed=1")
+TRACE = Method.trace  # OGM logs the baseline's trace: ratio and the two coefficients
 RIGGED_VAL_ACC = [0.5, 0.5, 0.25]  # a tie: the first epoch reaching the best accuracy is selected
 
 
@@ -98,9 +100,9 @@ def run(tmp_path_factory):
         loggers.append(RecordingLogger(cfg, run_dir, config))
         return loggers[-1]
 
-    def recording_plot(rows, steps, path):
-        plots.append(([dict(r) for r in rows], [tuple(s) for s in steps], path))
-        real_plot(rows, steps, path)
+    def recording_plot(rows, steps, path, trace):
+        plots.append(([dict(r) for r in rows], [tuple(s) for s in steps], path, trace))
+        real_plot(rows, steps, path, trace)
     RecordingMeter.steps = []
     cfg = make_cfg(*OVERRIDES)
     with pytest.MonkeyPatch.context() as mp, log_lines() as lines:
@@ -224,8 +226,8 @@ def test_the_experiment_logger_gets_each_row_and_is_finished_once(run):
 
 
 def test_the_plot_gets_every_epoch_and_every_step(run):
-    (rows, steps, path), = run["plots"]
-    assert rows == run["rows"] and path == run["dir"] / "curves.png"
+    (rows, steps, path, trace), = run["plots"]
+    assert rows == run["rows"] and path == run["dir"] / "curves.png" and trace == TRACE
     assert [s[:2] for s in steps] == [(e, i) for e in range(3) for i in range(2)]
     assert [s[2:] for s in steps] == [(s["mod/ratio"], s["mod/coeff_audio"], s["mod/coeff_visual"]) for s in run["steps"]]
 
@@ -294,8 +296,8 @@ def test_the_loop_calls_every_method_hook_in_order_with_its_arguments(tmp_path, 
     start, feats, loss, backward, after, end = calls[:6]
     assert start[3] == torch.device("cpu") and start[4] == 0  # the method gets the run's device and seed
     assert backward[0] == "backward" and backward[1].requires_grad and backward[1].dim() == 0
+    assert set(start[2]) == {"model", "data", "optimizer"} and set(end[2]) == {"model", "data", "optimizer", "val"}
     for ctx in (start[2], end[2]):
-        assert set(ctx) == {"model", "data", "optimizer"}
         assert ctx["model"] is after[4] and isinstance(ctx["optimizer"], torch.optim.SGD)
         assert {id(p) for g in ctx["optimizer"].param_groups for p in g["params"]} == {id(p) for p in after[4].parameters()}
         assert ctx["data"].num_classes == 6

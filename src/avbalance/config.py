@@ -23,14 +23,19 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
     if cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers!r} must be a non-negative integer")
-    if cfg.model.get("modalities", "both") != "both" and cfg.modulation.name != "none":
-        raise ConfigError(f"model.modalities={cfg.model.modalities} trains one encoder; modulation={cfg.modulation.name} "
-                          f"balances two: expected modulation=none")
     if cfg.mode == "eval" and not cfg.ckpt:
         raise ConfigError("mode=eval needs the checkpoint: add ckpt=<run dir>/ckpt/best.pt")
-    if cfg.modulation.name not in METHODS:
-        raise ConfigError(f"modulation.name={cfg.modulation.name!r} is not a registered method; expected one of {METHODS.names()}")
-    METHODS.get(cfg.modulation.name).check_config(cfg.modulation)
+    name = cfg.modulation.name
+    if name not in METHODS:
+        raise ConfigError(f"modulation.name={name!r} is not a registered method; expected one of {METHODS.names()}")
+    method = METHODS.get(name)  # what a method declares (methods/base.py), checked here for every one
+    if cfg.model.get("modalities", "both") != "both" and method.needs_two_modalities:
+        one = [m for m in METHODS.names() if not METHODS.get(m).needs_two_modalities]
+        raise ConfigError(f"model.modalities={cfg.model.modalities} trains one encoder; modulation={name} "
+                          f"balances two: expected modulation={' | '.join(one)}")
+    if method.fusions is not None and cfg.fusion.name not in method.fusions:
+        raise ConfigError(f"fusion={cfg.fusion.name} is not supported by modulation={name}; expected one of {sorted(method.fusions)}")
+    method.check_config(cfg.modulation)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,10 +1,11 @@
-"""PNG plots of a run: accuracy per epoch, and the modulation ratio and coefficients per step."""
+"""PNG plots of a run: accuracy per epoch, and the method's per-step trace (steps.csv columns)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def plot_run(rows: list[dict], steps: list[tuple], path: Path) -> None:
+def plot_run(rows: list[dict], steps: list[tuple], path: Path, trace: tuple[str, ...]) -> None:
+    """`steps`: (epoch, step, *one value per key of `trace`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,9 +19,8 @@ def plot_run(rows: list[dict], steps: list[tuple], path: Path) -> None:
     ax1.legend()
     if steps:
         x = range(len(steps))
-        ax2.plot(x, [s[2] for s in steps], lw=0.8, label="ratio s_a/s_v")
-        ax2.plot(x, [s[3] for s in steps], lw=0.8, label="k audio")
-        ax2.plot(x, [s[4] for s in steps], lw=0.8, label="k visual")
+        for i, key in enumerate(trace):
+            ax2.plot(x, [s[2 + i] for s in steps], lw=0.8, label=key.removeprefix("mod/"))
         ax2.axhline(1.0, color="grey", lw=0.5)
         ax2.set(xlabel="training step", title="modulation")
         ax2.legend()

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 
 class Choice(str, Enum):
@@ -169,21 +169,30 @@ SCHEMAS = {
     "optim": {"sgd": SGDOptim, "adam": AdamOptim},
     "logger": {"none": NoLogger, "wandb": WandbLogger},
 }
-_registered = False
+_stored: set[str] = set()  # "": the core schemas; then the methods' names
+
+
+def _plugins_searchpath() -> str:
+    """train.yaml's hydra.searchpath entry: the plug-in folder's config groups, when it exists."""
+    from .registry import plugin_dir
+    folder = plugin_dir()
+    return f"file://{folder.resolve()}" if folder.is_dir() else "pkg://avbalance"  # (a harmless no-op entry)
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent); must run before composing."""
-    global _registered
-    if _registered:
-        return
+    """Store every schema in Hydra's ConfigStore (idempotent); must run before composing. Methods
+    are looked up on every call, so that a plug-in loaded later gets its schema stored too."""
     from .registry import METHODS  # methods carry their own schema
 
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    for group, schemas in SCHEMAS.items():
-        for name, node in schemas.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+    if "" not in _stored:
+        _stored.add("")
+        OmegaConf.register_new_resolver("avbalance_plugins", _plugins_searchpath, replace=True)
+        cs.store(name="train_schema", node=TrainConfig)
+        for group, schemas in SCHEMAS.items():
+            for name, node in schemas.items():
+                cs.store(group=f"schema/{group}", name=name, node=node)
     for name in METHODS.names():
-        cs.store(group="schema/modulation", name=name, node=METHODS.get(name).Config)
-    _registered = True
+        if name not in _stored:
+            cs.store(group="schema/modulation", name=name, node=METHODS.get(name).Config)
+            _stored.add(name)

@@ -16,6 +16,7 @@ from .diagnostics import linear_probe, missing_modality
 from .evaluate import evaluate
 from .logger import build_logger
 from .meter import DeviceMeter
+from .methods.base import Method
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_run
@@ -23,7 +24,6 @@ from .registry import DATASETS, METHODS
 from .rundir import MetricsLog, atomic_write_text, load_checkpoint, meta, save_checkpoint, write_json
 
 log = logging.getLogger("avbalance")
-TRACE = ("mod/ratio", "mod/coeff_audio", "mod/coeff_visual")
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -39,9 +39,10 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None) -> list[tuple]:
-    """Per-step modulation trace; on resume, rows of epochs >= start_epoch and unreadable rows are
-    dropped, and the checkpoint's own epoch is taken from the checkpoint."""
+def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None, trace: tuple = Method.trace) -> list[tuple]:
+    """Per-step modulation trace, one column per key of the method's `trace`; on resume, rows of
+    epochs >= start_epoch and unreadable rows are dropped, and the checkpoint's own epoch is taken
+    from the checkpoint."""
     rows = []
     if start_epoch > 0 and path.exists():
         for line in path.read_text().splitlines()[1:]:
@@ -50,11 +51,12 @@ def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None) -> 
                 row = (int(parts[0]), int(parts[1]), *map(float, parts[2:]))
             except ValueError:  # a line cut by a crash during the write
                 continue
-            if row[0] < start_epoch and len(row) == 5:
+            if row[0] < start_epoch and len(row) == 2 + len(trace):
                 rows.append(row)
     if last_steps:  # the checkpoint's own epoch comes from the checkpoint: its lines may be cut
         rows = [r for r in rows if r[0] != last_steps[0][0]] + [tuple(r) for r in last_steps]
-    atomic_write_text(path, "epoch,step,ratio,coeff_audio,coeff_visual\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    header = ",".join(["epoch", "step"] + [k.removeprefix("mod/") for k in trace])
+    atomic_write_text(path, header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return rows
 
 
@@ -79,6 +81,20 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     optimizer = build_optimizer(cfg.optim, method.param_groups(model))
     scheduler = build_scheduler(cfg.optim, optimizer)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
+    ctx = {"model": model, "data": data, "optimizer": optimizer}  # what the method's epoch hooks see
+
+    def step(batch, epoch):
+        """The standard training step (a method's `train_step` may replace or wrap it)."""
+        with autocast():
+            feats = model.encode(batch.audio, batch.visual)
+            feats = method.transform_features(feats, batch, epoch)
+            out = model.fuse(feats)
+            loss, logs = method.loss(out, batch, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(loss)
+        logs |= method.after_backward(model, out, batch, epoch)  # modulates this step's raw gradients
+        optimizer.step()
+        return loss, logs
 
     start_epoch, best, last_log = 0, {"epoch": -1, "acc": -1.0, "metrics": {}}, {}
     if cfg.resume:
@@ -101,30 +117,23 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     else:
         atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "meta.json", meta(device, choices, cfg.seed))
+        method.pretrain(ctx | {"run_dir": run_dir})  # a fresh run only: its result is in the checkpoints
     metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch, last_log.get("row"))
-    steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"))
+    steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"), method.trace)
     logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
     sel = data.selection_split
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        method.on_epoch_start(epoch, {"model": model, "data": data, "optimizer": optimizer})
-        meter = DeviceMeter(TRACE)
+        method.on_epoch_start(epoch, ctx)
+        meter = DeviceMeter(method.trace)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         n_seen = 0
         bar = tqdm(data.train_batches(epoch, device), total=data.num_batches("train"), desc=f"epoch {epoch}",
                    leave=False, disable=None, file=sys.stderr)  # disable=None: quiet when not a terminal
         for batch in bar:
-            with autocast():
-                feats = model.encode(batch.audio, batch.visual)
-                feats = method.transform_features(feats, batch, epoch)
-                out = model.head(feats["audio"], feats["visual"])
-                loss, logs = method.loss(out, batch, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            method.backward(loss)
-            logs |= method.after_backward(model, out, batch, epoch)  # modulates this step's raw gradients
-            optimizer.step()
+            loss, logs = method.train_step(step, batch, epoch, ctx)
             meter.add(logs)
             nonfinite |= ~torch.isfinite(loss.detach())  # a device flag: read once, at the epoch's end
             n_seen += len(batch)
@@ -135,17 +144,16 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
             raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, {kept} (try a lower optim.lr or precision=fp32)")
         train_seconds = time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
+        lr = optimizer.param_groups[-1]["lr"]  # the head's: the base rate (MSLR scales the encoders' groups)
         scheduler.step()
-        method.on_epoch_end(epoch, {"model": model, "data": data, "optimizer": optimizer})
         val = evaluate(model, data, sel, device, cfg.precision)
+        method.on_epoch_end(epoch, ctx | {"val": val})  # after validation: methods driven by it (MSLR)
 
         row = {"epoch": epoch, **{k: v for k, v in means.items() if not k.startswith("mod/")},
                **{f"val/{k}": v for k, v in val.items()},
-               "mod/ratio_mean": means["mod/ratio"], "mod/coeff_audio_mean": means["mod/coeff_audio"],
-               "mod/coeff_visual_mean": means["mod/coeff_visual"], "lr": lr,
+               **{f"{k}_mean": v for k, v in means.items() if k.startswith("mod/")}, "lr": lr,
                "epoch_seconds": time.perf_counter() - t0, "samples_per_second": n_seen / train_seconds}
-        new_steps = [(epoch, i, *vals) for i, vals in enumerate(zip(*(traces[k] for k in TRACE)))]
+        new_steps = [(epoch, i, *vals) for i, vals in enumerate(zip(*(traces[k] for k in method.trace)))]
         if val["acc"] > best["acc"]:
             best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}
             save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
@@ -160,9 +168,10 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             f.writelines(",".join(map(str, r)) + "\n" for r in new_steps)
         steps += new_steps
         logger.log(row, step=epoch)
-        log.info("epoch %d  loss %.4f  %s acc %.4f (audio %.4f, visual %.4f)  k_a %.3f k_v %.3f  %.0f samples/s",
-                 epoch, row["train/loss"], sel, val["acc"], val["acc_audio"], val["acc_visual"],
-                 row["mod/coeff_audio_mean"], row["mod/coeff_visual_mean"], row["samples_per_second"])
+        brief = " ".join(f"{label} {row[key + '_mean']:.3f}" for label, key in method.brief.items())
+        log.info("epoch %d  loss %.4f  %s acc %.4f (audio %.4f, visual %.4f)  %s  %.0f samples/s",
+                 epoch, row["train/loss"], sel, val["acc"], val["acc_audio"], val["acc_visual"], brief,
+                 row["samples_per_second"])
         for cb in callbacks:
             cb(epoch, row)
 
@@ -186,7 +195,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         summary.update(linear_probe(model, data, device, epochs=cfg.probe.epochs, lr=cfg.probe.lr, seed=cfg.seed,
                                     precision=cfg.precision))
     write_json(run_dir / "summary.json", summary)
-    plot_run(metrics.rows, steps, run_dir / "curves.png")
+    plot_run(metrics.rows, steps, run_dir / "curves.png", method.trace)
     logger.finish()
     return summary
 

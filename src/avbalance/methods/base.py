@@ -1,20 +1,31 @@
 """Balancing-method plug-in interface.
 
-The training loop calls these hooks in this order every step (and never names a method):
-    feats = method.transform_features(model.encode(...))   # feature-level methods (OPM)
-    out = model.head(feats)
-    loss, logs = method.loss(out, batch, epoch)            # extra losses
-    method.backward(loss)                                  # backward override (MMPareto)
-    logs |= method.after_backward(model, out, batch, epoch)  # gradient edits (OGM), before the step
-    optimizer.step()
-Everything a hook logs is a 0-d device tensor; the loop reads it once per epoch.
+A method is one file here (or in the plug-in folder, registry.py) that registers a `Method`
+subclass, and one `configs/modulation/<name>.yaml`. The loop calls the hooks below and never
+names a method. Once per run:
+    method.pretrain(ctx)                                   # a stage before epoch 0 (fresh runs only)
+Every epoch:
+    method.on_epoch_start(epoch, ctx)                      # epoch state (PMR's prototypes)
+    for batch: method.train_step(step, batch, epoch, ctx)  # default: step(batch, epoch), i.e.
+        feats = method.transform_features(model.encode(...))   # feature-level methods (OPM)
+        out = model.fuse(feats)                                # out.features: what the head saw
+        loss, logs = method.loss(out, batch, epoch)            # extra losses (PMR, from out.features)
+        method.backward(loss)                                  # backward override (MMPareto)
+        logs |= method.after_backward(model, out, batch, epoch)  # gradient edits (OGM), before the step
+        optimizer.step()
+    (validation)
+    method.on_epoch_end(epoch, ctx)                        # ctx["val"]: this epoch's metrics (MSLR)
+ctx = {"model", "data", "optimizer"}. Everything a hook logs is a 0-d device tensor; the loop
+reads it once per epoch. Keys under `mod/` are the method's trace: each gets a `<key>_mean`
+column in metrics.jsonl, and those in `trace` a steps.csv column (one value per step).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from omegaconf import MISSING
@@ -36,6 +47,20 @@ def modality_scores(out: FusionOutput, label: torch.Tensor) -> torch.Tensor:
     return torch.stack([s_a, s_v])
 
 
+class UnimodalHeads(nn.Module):
+    """Trainable linear heads on the (not detached) features: installed as `model.aux["unimodal"]`
+    they give the unimodal logits, in training and evaluation, and the loss trains them with the
+    encoders (MMPareto, the multitask baseline)."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int):
+        super().__init__()
+        self.fc = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in dims.items()})
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict:
+        return {"logits_audio": self.fc["audio"](feats["audio"]), "logits_visual": self.fc["visual"](feats["visual"]),
+                "probe": True}
+
+
 @dataclass
 class MethodConfig:
     """A method's config schema; a method with settings subclasses it as its `Config`."""
@@ -45,6 +70,10 @@ class MethodConfig:
 class Method:
     """The plain joint-training baseline (`modulation=none`); every hook has a no-op default."""
     Config = MethodConfig
+    fusions: tuple[str, ...] | None = None  # the fusions it supports; None: every one
+    needs_two_modalities = False            # True: refused with model.modalities=audio|visual
+    trace = ("mod/ratio", "mod/coeff_audio", "mod/coeff_visual")  # per-step steps.csv columns
+    brief = {"k_a": "mod/coeff_audio", "k_v": "mod/coeff_visual"}  # the epoch log line's labels
 
     @staticmethod
     def check_config(cfg: Any) -> None:
@@ -62,10 +91,22 @@ class Method:
     def param_groups(self, model: AVClassifier) -> list[dict]:
         """Modality-keyed groups, so that learning-rate methods (MSLR) can address each one."""
         groups = [{"params": model.encoder_params(m), "modality": m} for m in MODALITIES]
-        return groups + [{"params": model.head_params(), "modality": "head"}]
+        groups.append({"params": model.head_params(), "modality": "head"})
+        if len(model.aux):  # modules a method added (trainable unimodal heads)
+            groups.append({"params": [p for p in model.aux.parameters() if p.requires_grad], "modality": "aux"})
+        return groups
+
+    def pretrain(self, ctx: dict) -> None:
+        """A stage before epoch 0 of a fresh run (teachers, unimodal warm starts); ctx also holds
+        "run_dir". What it produces must live in the model or in `state_dict` (resumes skip it)."""
 
     def on_epoch_start(self, epoch: int, ctx: dict) -> None:
         pass
+
+    def train_step(self, step: Callable, batch: Batch, epoch: int, ctx: dict) -> tuple[torch.Tensor, dict]:
+        """One training step -> (loss, logs). `step(batch, epoch)` is the loop's standard step;
+        a method with its own step (alternating or staged updates) replaces or wraps it."""
+        return step(batch, epoch)
 
     def transform_features(self, feats: dict[str, torch.Tensor], batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return feats
@@ -73,7 +114,7 @@ class Method:
     def loss(self, out: FusionOutput, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.label
         loss = F.cross_entropy(out.logits, y)
-        if out.probe:  # detached probes learn from their own loss; encoders are unaffected
+        if out.probe:  # probes (detached) or unimodal heads learn from their own loss
             loss = loss + F.cross_entropy(out.logits_audio, y) + F.cross_entropy(out.logits_visual, y)
         with torch.no_grad():
             s = self.reduce(modality_scores(out, y))
@@ -93,7 +134,7 @@ class Method:
         return {"mod/coeff_audio": self.one, "mod/coeff_visual": self.one}
 
     def on_epoch_end(self, epoch: int, ctx: dict) -> None:
-        pass
+        """After the epoch's validation: ctx["val"] holds its metrics (acc, acc_audio, ...)."""
 
     def state_dict(self) -> dict:
         return {}

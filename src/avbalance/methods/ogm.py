@@ -86,6 +86,7 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Gener
 @METHODS.register("ogm_ge")  # the same method; ogm_ge.yaml turns `ge` on
 class OGM(Method):
     Config = OGMConfig
+    needs_two_modalities = True
 
     @staticmethod
     def check_config(m) -> None:

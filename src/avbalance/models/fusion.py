@@ -23,7 +23,8 @@ class FusionOutput:
     logits: torch.Tensor          # [B, C] fused
     logits_audio: torch.Tensor    # [B, C] unimodal estimate
     logits_visual: torch.Tensor   # [B, C]
-    probe: bool = False           # unimodal logits come from probes that need their own loss
+    probe: bool = False           # unimodal logits come from probes or heads that need their own loss
+    features: dict | None = None  # {modality: [B, D]} the features the head saw (set by AVClassifier.fuse)
 
 
 class FusionHead(nn.Module):
@@ -44,6 +45,10 @@ class FusionHead(nn.Module):
 
     def native_unimodal(self, a, v):
         raise NotImplementedError
+
+    def branch_params(self, modality: str) -> list[nn.Parameter]:
+        """The head's parameters that act on one modality only (sum's branches); [] when shared."""
+        return []
 
     def forward(self, a: torch.Tensor, v: torch.Tensor) -> FusionOutput:
         logits = self.fuse(a, v)
@@ -90,6 +95,9 @@ class SumFusion(FusionHead):
 
     def fuse(self, a, v):
         return self.fc_a(a) + self.fc_v(v)
+
+    def branch_params(self, modality):
+        return list((self.fc_a if modality == "audio" else self.fc_v).parameters())
 
     def native_unimodal(self, a, v):
         out_a, out_v = self.fc_a(a), self.fc_v(v)

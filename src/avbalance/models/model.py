@@ -1,6 +1,8 @@
 """The audio-visual classifier: two encoders and a fusion head."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 
@@ -26,15 +28,25 @@ class AVClassifier(nn.Module):
         # methods select parameters through this dict, never by parsing parameter names
         self.encoders = nn.ModuleDict(encoders)
         self.head = head
+        # modules a method adds (saved and trained with the model); `aux["unimodal"]`, when a
+        # method installs it, gives the unimodal logits from trainable heads (see methods.base)
+        self.aux = nn.ModuleDict()
 
     def encode(self, audio: torch.Tensor, visual: torch.Tensor) -> dict[str, torch.Tensor]:
         """{modality: [B, D]}; a unimodal model's missing modality is an empty [B, 0] feature."""
         x = {"audio": audio, "visual": visual}
         return {m: self.encoders[m](x[m]) if m in self.encoders else x[m].new_zeros(len(x[m]), 0) for m in x}
 
+    def fuse(self, feats: dict[str, torch.Tensor]) -> FusionOutput:
+        """The head on (possibly transformed) features; the output keeps the features (feature losses)."""
+        out = self.head(feats["audio"], feats["visual"])
+        if "unimodal" in self.aux:  # trainable unimodal heads replace the head's own estimate
+            out = replace(out, **self.aux["unimodal"](feats))
+        out.features = feats
+        return out
+
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> FusionOutput:
-        f = self.encode(audio, visual)
-        return self.head(f["audio"], f["visual"])
+        return self.fuse(self.encode(audio, visual))
 
     def encoder_params(self, modality: str, scope: str = "all") -> list[nn.Parameter]:
         """`scope=conv`: the 4-D conv kernels only (the reference's `len(grad.size()) == 4`)."""
