@@ -15,7 +15,7 @@ from .diagnostics import linear_probe, missing_modality
 from .errors import ConfigError
 from .evaluate import PRED_COLUMNS, evaluate
 from .models import build_model
-from .registry import DATASETS
+from .registry import DATASETS, METHODS
 from .rundir import atomic_write_text, load_checkpoint, write_json
 
 
@@ -84,6 +84,7 @@ def run_eval(cfg, ckpt: Path, out_dir: Path) -> dict:
                                             num_workers=cfg.num_workers, device=device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)
+    METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)  # adds its modules (model.aux)
     load_weights(model, state["model"], ckpt)
 
     out_dir.mkdir(parents=True, exist_ok=True)

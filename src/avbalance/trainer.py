@@ -78,6 +78,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     torch.manual_seed(cfg.seed)  # model init depends on the seed only, not on what came before
     model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)
     method = METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)
+    data = method.prepare_data(data)  # e.g. a held-out part of train (G-Blending); usually `data` itself
     optimizer = build_optimizer(cfg.optim, method.param_groups(model))
     scheduler = build_scheduler(cfg.optim, optimizer)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731

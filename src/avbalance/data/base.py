@@ -32,11 +32,15 @@ class DataModule(Protocol):
     split_names: list[str]     # e.g. ["train", "val", "test"]
     selection_split: str       # the split whose metrics select the best epoch
 
-    def train_batches(self, epoch: int, device: torch.device) -> Iterator[Batch]:
-        """Shuffled, augmented training batches; the order depends only on (seed, epoch)."""
+    def train_batches(self, epoch: int, device: torch.device, rows=None) -> Iterator[Batch]:
+        """Shuffled, augmented training batches; the order depends only on (seed, epoch).
+        `rows` (positions in the train split): only those rows."""
 
-    def eval_batches(self, split: str, device: torch.device) -> Iterator[Batch]:
-        """Deterministic batches of `split` with the evaluation transform."""
+    def eval_batches(self, split: str, device: torch.device, rows=None) -> Iterator[Batch]:
+        """Deterministic batches of `split` (or of its `rows`, in that order) with the evaluation transform."""
+
+    def num_rows(self, split: str) -> int:
+        ...
 
     def num_batches(self, split: str) -> int:
         ...
@@ -48,3 +52,44 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + epoch * 7_919 + stream) % (2**63 - 1))
     return g
+
+
+def subset_rows(n: int, fraction: float, seed: int, epoch: int = 0, stream: int = 101) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random `fraction` of the rows 0..n-1 and the rest, each sorted: (chosen, rest).
+    Depends only on (seed, epoch, stream), so it is the same after a resume."""
+    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, stream))
+    k = min(n, max(1, round(n * fraction))) if n else 0
+    return perm[:k].sort().values, perm[k:].sort().values
+
+
+class HeldOut:
+    """`data` with a seeded `fraction` of its train rows held out as the split "heldout" (a method's
+    own validation set, G-Blending's V): training batches come from the other rows only, and
+    "heldout" batches use the evaluation transform. Returned by `Method.prepare_data`."""
+
+    def __init__(self, data, fraction: float, seed: int):
+        self.inner = data
+        self.held, self.kept = subset_rows(data.num_rows("train"), fraction, seed, stream=102)
+
+    def __getattr__(self, name):  # everything else is the wrapped data's
+        return getattr(self.inner, name)
+
+    def _rows(self, split: str):
+        """The train rows a split of this view stands for; None: the wrapped data's own split."""
+        return {"train": self.kept, "heldout": self.held}.get(split)
+
+    def num_rows(self, split: str) -> int:
+        rows = self._rows(split)
+        return self.inner.num_rows(split) if rows is None else len(rows)
+
+    def num_batches(self, split: str) -> int:
+        return -(-self.num_rows(split) // self.inner.batch_size)
+
+    def train_batches(self, epoch: int, device=None, rows=None):
+        return self.inner.train_batches(epoch, device, rows=self.kept if rows is None else self.kept[rows])
+
+    def eval_batches(self, split: str, device=None, rows=None):
+        own = self._rows(split)
+        if own is None:
+            return self.inner.eval_batches(split, device, rows)
+        return self.inner.eval_batches("train", device, rows=own if rows is None else own[rows])

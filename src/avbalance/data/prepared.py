@@ -349,8 +349,11 @@ class PreparedData:
                               f"[{F_}, {c}] at {self.root}; fix spec_shape or audio_crop")
         return c
 
+    def num_rows(self, split: str) -> int:
+        return len(self.rows[split])
+
     def num_batches(self, split: str) -> int:
-        return -(-len(self.rows[split]) // self.batch_size)
+        return -(-self.num_rows(split) // self.batch_size)
 
     def _reader(self, split: str, order: np.ndarray, frame_policy: str, audio_random: bool, g) -> EpochReader:
         a = self.arrays[split]
@@ -378,9 +381,9 @@ class PreparedData:
     def _audio(self, a: torch.Tensor) -> torch.Tensor:
         return a.float().unsqueeze(1)                                           # [B, F, c] f16 -> [B, 1, F, c]
 
-    def train_batches(self, epoch: int, device=None):
+    def train_batches(self, epoch: int, device=None, rows=None):
         device = torch.device(device or self.device)
-        rows = self.rows["train"]
+        rows = self.rows["train"] if rows is None else self.rows["train"][np.asarray(rows)]
         order = rows[torch.randperm(len(rows), generator=epoch_generator(self.seed, epoch, STREAM_ORDER)).numpy()]
         reader = self._reader("train", order, self.frame_selection, True, epoch_generator(self.seed, epoch, STREAM_PICK))
         g = epoch_generator(self.seed, epoch, STREAM_AUG)
@@ -396,12 +399,13 @@ class PreparedData:
                         train_frames(b["frames"], _to_device(boxes, device), _to_device(flips, device), self.image_size),
                         b["label"], b["index"])
 
-    def eval_batches(self, split: str, device=None):
+    def eval_batches(self, split: str, device=None, rows=None):
         device = torch.device(device or self.device)
         if split not in self.splits:
             raise ConfigError(f"dataset '{self.name}' has no split '{split}' at {self.root} (splits: {', '.join(self.split_names)})")
         policy = "even" if self.frame_selection == "random" else self.frame_selection  # eval never draws frames
-        reader = self._reader(split, self.rows[split], policy, False, None)
+        order = self.rows[split] if rows is None else self.rows[split][np.asarray(rows)]
+        reader = self._reader(split, order, policy, False, None)
         for b in self._cpu_batches(reader, device):
             b = self._to_device(b, device)
             yield Batch(self._audio(b["audio"]), eval_frames(b["frames"], self.image_size), b["label"], b["index"])

@@ -68,8 +68,11 @@ class ToyData:
         train = list(cfg.get("train_splits") or ["train"])  # protocol=paper: train + val
         self.data["train"] = tuple(torch.cat(parts) for parts in zip(*(self.data[s] for s in train)))
 
+    def num_rows(self, split: str) -> int:
+        return len(self.data[split][2])
+
     def num_batches(self, split: str) -> int:
-        return -(-len(self.data[split][2]) // self.batch_size)
+        return -(-self.num_rows(split) // self.batch_size)
 
     def _batches(self, split: str, order: torch.Tensor):
         audio, visual, label = self.data[split]
@@ -77,12 +80,13 @@ class ToyData:
         for idx in order.split(self.batch_size):  # last partial batch kept, as the reference
             yield Batch(audio[idx], visual[idx], label[idx], idx)
 
-    def train_batches(self, epoch: int, device=None):
-        n = len(self.data["train"][2])
-        return self._batches("train", torch.randperm(n, generator=epoch_generator(self.seed, epoch)))
+    def train_batches(self, epoch: int, device=None, rows: torch.Tensor | None = None):
+        n = self.num_rows("train") if rows is None else len(rows)
+        order = torch.randperm(n, generator=epoch_generator(self.seed, epoch))
+        return self._batches("train", order if rows is None else rows[order])
 
-    def eval_batches(self, split: str, device=None):
-        return self._batches(split, torch.arange(len(self.data[split][2])))
+    def eval_batches(self, split: str, device=None, rows: torch.Tensor | None = None):
+        return self._batches(split, torch.arange(self.num_rows(split)) if rows is None else rows)
 
 
 @DATASETS.register("toy")

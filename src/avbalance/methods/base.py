@@ -3,6 +3,7 @@
 A method is one file here (or in the plug-in folder, registry.py) that registers a `Method`
 subclass, and one `configs/modulation/<name>.yaml`. The loop calls the hooks below and never
 names a method. Once per run:
+    data = method.prepare_data(data)                       # a held-out split, a train subset
     method.pretrain(ctx)                                   # a stage before epoch 0 (fresh runs only)
 Every epoch:
     method.on_epoch_start(epoch, ctx)                      # epoch state (PMR's prototypes)
@@ -95,6 +96,12 @@ class Method:
         if len(model.aux):  # modules a method added (trainable unimodal heads)
             groups.append({"params": [p for p in model.aux.parameters() if p.requires_grad], "modality": "aux"})
         return groups
+
+    def prepare_data(self, data):
+        """The data the run trains on. A method that needs rows of its own returns a view: e.g.
+        `data.base.HeldOut(data, fraction, seed)` (train minus a seeded held-out split "heldout");
+        `data.base.subset_rows` draws a seeded train subset per epoch (PMR's prototypes)."""
+        return data
 
     def pretrain(self, ctx: dict) -> None:
         """A stage before epoch 0 of a fresh run (teachers, unimodal warm starts); ctx also holds
