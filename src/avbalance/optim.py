@@ -21,6 +21,6 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """Stepped once per epoch (the reference's fixed schedule: x0.1 at epoch 70)."""
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.scheduler == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if cfg.scheduler == "none":  # chainable (x1 on the current rate): a method may set a group's rate (MSLR)
+        return torch.optim.lr_scheduler.MultiplicativeLR(optimizer, lambda _: 1.0)
     raise ConfigError(f"optim.scheduler={cfg.scheduler!r}; expected one of ['none', 'step']")
