@@ -145,7 +145,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
             raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, {kept} (try a lower optim.lr or precision=fp32)")
         train_seconds = time.perf_counter() - t0
-        lr = optimizer.param_groups[-1]["lr"]  # the head's: the base rate (MSLR scales the encoders' groups)
+        lr = optimizer.param_groups[0]["lr"]  # methods that scale a group's rate log their scales (mod/*)
         scheduler.step()
         val = evaluate(model, data, sel, device, cfg.precision)
         method.on_epoch_end(epoch, ctx | {"val": val})  # after validation: methods driven by it (MSLR)

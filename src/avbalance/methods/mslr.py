@@ -84,8 +84,9 @@ class MSLR(Method):
 
     def param_groups(self, model):
         branch_ids = {id(p) for m in MODALITIES for p in self.branch[m]}
-        groups = [{"params": self.branch[m], "modality": m} for m in MODALITIES]
-        groups.append({"params": [p for p in model.head_params() if id(p) not in branch_ids], "modality": "head"})
+        # the shared weights first: metrics.jsonl's `lr` (the first group's) is then the base rate
+        groups = [{"params": [p for p in model.head_params() if id(p) not in branch_ids], "modality": "head"}]
+        groups += [{"params": self.branch[m], "modality": m} for m in MODALITIES]
         if len(model.aux):
             groups.append({"params": [p for p in model.aux.parameters() if p.requires_grad], "modality": "aux"})
         return groups
