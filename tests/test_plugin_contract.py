@@ -9,7 +9,6 @@ import textwrap
 import pytest
 import torch
 
-from avbalance import schema
 from avbalance.errors import ConfigError
 from avbalance.methods.base import Method, UnimodalHeads
 from avbalance.registry import METHODS, PLUGINS_ENV
