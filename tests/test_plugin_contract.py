@@ -142,7 +142,7 @@ def test_a_train_step_override_is_called_by_the_loop_for_every_batch(tmp_path, m
     method_as_none(TwoSteps)
     rows = []
     train(make_cfg("modulation=none", *SHORT, "optim.lr=0.05"), tmp_path, callbacks=[lambda e, r: rows.append(r)])
-    assert calls == [(0, 64, {"model", "data", "optimizer"}), (1, 64, {"model", "data", "optimizer"})]
+    assert calls == [(0, 64, {"model", "data", "optimizer", "run_dir"}), (1, 64, {"model", "data", "optimizer", "run_dir"})]
     assert all(second < first for first, second in losses)  # the first step updated the model
     assert [r["train/loss"] for r in rows] == pytest.approx([second for _, second in losses])  # what it returned is logged
 

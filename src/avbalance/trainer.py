@@ -82,7 +82,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     optimizer = build_optimizer(cfg.optim, method.param_groups(model))
     scheduler = build_scheduler(cfg.optim, optimizer)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
-    ctx = {"model": model, "data": data, "optimizer": optimizer}  # what the method's epoch hooks see
+    ctx = {"model": model, "data": data, "optimizer": optimizer, "run_dir": run_dir}  # what the method's hooks see
 
     def step(batch, epoch):
         """The standard training step (a method's `train_step` may replace or wrap it)."""
@@ -118,7 +118,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     else:
         atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "meta.json", meta(device, choices, cfg.seed))
-        method.pretrain(ctx | {"run_dir": run_dir})  # a fresh run only: its result is in the checkpoints
+        method.pretrain(ctx)  # a fresh run only: what it makes is in the checkpoints or under run_dir
     metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch, last_log.get("row"))
     steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"), method.trace)
     logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))

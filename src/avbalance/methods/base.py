@@ -16,7 +16,7 @@ Every epoch:
         optimizer.step()
     (validation)
     method.on_epoch_end(epoch, ctx)                        # ctx["val"]: this epoch's metrics (MSLR)
-ctx = {"model", "data", "optimizer"}. Everything a hook logs is a 0-d device tensor; the loop
+ctx = {"model", "data", "optimizer", "run_dir"}. Everything a hook logs is a 0-d device tensor; the loop
 reads it once per epoch. Keys under `mod/` are the method's trace: each gets a `<key>_mean`
 column in metrics.jsonl, and those in `trace` a steps.csv column (one value per step).
 """
@@ -104,8 +104,9 @@ class Method:
         return data
 
     def pretrain(self, ctx: dict) -> None:
-        """A stage before epoch 0 of a fresh run (teachers, unimodal warm starts); ctx also holds
-        "run_dir". What it produces must live in the model or in `state_dict` (resumes skip it)."""
+        """A stage before epoch 0 of a fresh run (teachers, unimodal warm starts). What it produces
+        must live in the model, in `state_dict` or under ctx["run_dir"] (resumes skip it: UMT
+        reloads its teachers from the run dir)."""
 
     def on_epoch_start(self, epoch: int, ctx: dict) -> None:
         pass

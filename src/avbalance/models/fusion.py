@@ -33,6 +33,7 @@ class FusionHead(nn.Module):
 
     def __init__(self, da: int, dv: int, num_classes: int, unimodal: str = "native"):
         super().__init__()
+        self.num_classes = num_classes  # methods that add heads of their own (MMPareto) read it
         allowed = ("native", self.native, "zero", "mean", "probe")
         if unimodal not in allowed:
             raise ConfigError(f"fusion.unimodal={unimodal!r} is not supported by {type(self).__name__}; expected one of {sorted(set(allowed))}")
