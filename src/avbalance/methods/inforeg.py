@@ -47,8 +47,8 @@ def window_indicator(history: list[float], length: int) -> float:
     `length`-epoch moving average, the history padded in front with `length` zeros."""
     if not history:
         return 1.0
-    t = [0.0] * length + list(history)
-    tr1, tr2 = sum(t[-length:]) / length, sum(t[-length - 1:-1]) / length
+    # the reference's leading zeros add nothing to the sums: the divisor is `length` all along
+    tr1, tr2 = sum(history[-length:]) / length, sum(history[-length - 1:-1]) / length
     return (tr1 - tr2) / tr1 if tr1 > 0 else 0.0  # tr1 = 0: no gradient at all, nothing to regulate
 
 
