@@ -187,6 +187,6 @@ def test_a_sweep_cell_on_an_unprepared_dataset_fails_alone(tmp_path):
 def test_help_describes_the_project():
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0
-    for needle in ("avbalance: balanced audio-visual learning", "modulation: mslr, none, ogm, ogm_ge, opm, pmr",
+    for needle in ("avbalance: balanced audio-visual learning", "modulation: inforeg, mmpareto, mslr, multitask, none, ogm, ogm_ge, opm, pmr, umt",
                    "fusion: concat, film, gated, sum", "resume=true hydra.run.dir=RUN_DIR", "alpha: 1.5"):
         assert needle in p.stdout, needle

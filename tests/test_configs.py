@@ -71,7 +71,7 @@ def check(*overrides):
     (["logger=wandb", "logger.mode=cloud"], "logger.mode='cloud' is not allowed"),
     (["dataset=cremad", "dataset.frame_selection=middle"], "dataset.frame_selection='middle' is not allowed"),
     (["batch_size=many"], "batch_size='many' is not allowed; expected an integer"),
-    (["modulation=ogm_gee"], "modulation='ogm_gee' is not a modulation option; expected one of ['mslr', 'none', 'ogm', 'ogm_ge', 'opm', 'pmr']"),
+    (["modulation=ogm_gee"], "modulation='ogm_gee' is not a modulation option; expected one of ['inforeg', 'mmpareto', 'mslr', 'multitask', 'none', 'ogm', 'ogm_ge', 'opm', 'pmr', 'umt']"),
     (["modulation.alhpa=0.3"], "modulation.alhpa is not a config key"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(override, expected):

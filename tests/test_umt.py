@@ -124,6 +124,7 @@ def test_pretraining_trains_two_teachers_saves_them_and_a_resume_reloads_them(tm
     assert {m: (tmp_path / "reuse" / "teachers" / f"{m}.pt").read_bytes() for m in ("audio", "visual")} == saved
 
 
+@pytest.mark.slow
 def test_with_scaling_zero_the_student_trains_exactly_as_joint_training(tmp_path):
     rows = {}
     for name, extra in (("umt", ["modulation.scaling=0"]), ("none", [])):
