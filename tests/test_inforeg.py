@@ -22,6 +22,7 @@ CPU = torch.device("cpu")
     ([float(i) for i in range(1, 13)], 10, (7.5 - 6.5) / 7.5),  # mean(3..12), mean(2..11)
     ([1.0, 2.0, 4.0], 3, (7 / 3 - 1) / (7 / 3)),     # padded [0, 0, 0, 1, 2, 4]
     ([1.0] * 11, 10, 0.0),                           # a flat trace: the window is closed
+    ([0.0], 10, 0.0),                                # no gradient at all (the reference divides by 0)
 ])
 def test_window_indicator_by_hand(history, length, want):
     assert window_indicator(history, length) == pytest.approx(want)

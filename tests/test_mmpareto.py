@@ -59,6 +59,8 @@ def test_combine_by_hand_with_per_tensor_norms():
     assert new[0].tolist() == pytest.approx([1.5 * 0.4 / math.sqrt(0.8), 1.5 * 0.8 / math.sqrt(0.8)])
     # tensor 1: 2 (0.6 * 3 + 0.4 * 1) = 4.4 > |3 + 1| = 4: kept
     assert new[1].tolist() == pytest.approx([1.5 * 4.4])
+    # a combination that cancels stays zero (the reference's 0/0 would make it NaN)
+    assert combine([torch.tensor([1.0])], [torch.tensor([-3.0])], torch.tensor(0.75), gamma=1.5)[0].item() == 0.0
     # without conflict (k = 0.5) the new gradient is the plain sum, times gamma
     new = combine(g_mm, g_uni, torch.tensor(0.5), gamma=2.0)
     assert [g.tolist() for g in new] == [pytest.approx([0.0, 2.0]), pytest.approx([8.0])]
