@@ -14,6 +14,7 @@ on batch statistics, its running statistics drifting with the student's batches)
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..rundir import load_checkpoint, save_checkpoint
 from ..schema import Choice
 from .base import MODALITIES, Method, MethodConfig
 
+log = logging.getLogger("avbalance")
 TeacherMode = Choice("TeacherMode", {v: v for v in ("eval", "train")})
 
 
@@ -138,6 +140,8 @@ class UMT(Method):
             teacher = self._fresh(m).to(self.device)
             best = train_teacher(teacher, m, ctx["data"], self.device, self.epochs, ctx["optimizer"])
             save_checkpoint(folder / f"{m}.pt", best)
+            log.info("UMT teacher %s: epoch %d of %d kept, %s acc %.4f", m, best["epoch"], self.epochs,
+                     ctx["data"].selection_split, best["acc"])
         self.load_teachers(folder)
 
     def load_teachers(self, folder: Path) -> None:
