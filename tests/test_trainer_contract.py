@@ -296,7 +296,8 @@ def test_the_loop_calls_every_method_hook_in_order_with_its_arguments(tmp_path, 
     start, feats, loss, backward, after, end = calls[:6]
     assert start[3] == torch.device("cpu") and start[4] == 0  # the method gets the run's device and seed
     assert backward[0] == "backward" and backward[1].requires_grad and backward[1].dim() == 0
-    assert set(start[2]) == {"model", "data", "optimizer"} and set(end[2]) == {"model", "data", "optimizer", "val"}
+    assert set(start[2]) == {"model", "data", "optimizer", "run_dir"} and set(end[2]) == {"model", "data", "optimizer", "run_dir", "val"}
+    assert start[2]["run_dir"] == tmp_path
     for ctx in (start[2], end[2]):
         assert ctx["model"] is after[4] and isinstance(ctx["optimizer"], torch.optim.SGD)
         assert {id(p) for g in ctx["optimizer"].param_groups for p in g["params"]} == {id(p) for p in after[4].parameters()}
