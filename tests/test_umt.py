@@ -145,3 +145,12 @@ def test_bad_values_are_one_line_errors(key, value, expected):
     with pytest.raises(ConfigError) as info:
         UMT.check_config(cfg)
     assert str(info.value) == expected
+
+
+def test_teachers_that_do_not_fit_the_model_are_a_one_line_error(tmp_path):
+    for m in ("audio", "visual"):
+        save_checkpoint(tmp_path / f"{m}.pt", {"model": {"fc.weight": torch.zeros(2, 2)}})
+    with pytest.raises(ConfigError) as info:
+        umt(tiny_model()).load_teachers(tmp_path)
+    assert str(info.value) == (f"UMT teacher {tmp_path / 'audio.pt'} does not fit this model (teachers of a "
+                               f"different model or dataset?): RuntimeError")

@@ -152,7 +152,11 @@ class UMT(Method):
                 raise ConfigError(f"UMT needs its teachers: {path} is missing (a resumed run keeps them in "
                                   f"<run_dir>/teachers/; start afresh, or set modulation.teachers=<folder>)")
             teacher = self._fresh(m)
-            teacher.load_state_dict(load_checkpoint(path)["model"])
+            try:
+                teacher.load_state_dict(load_checkpoint(path)["model"])
+            except (RuntimeError, KeyError) as e:  # torch's own text is pages long
+                raise ConfigError(f"UMT teacher {path} does not fit this model (teachers of a different model or "
+                                  f"dataset?): {type(e).__name__}") from None
             self.teachers[m] = teacher.to(self.device).requires_grad_(False).train(self.mode == "train")
 
     def on_epoch_start(self, epoch, ctx):
