@@ -53,13 +53,13 @@ def test_table_cells_paper_join_and_missing(tmp_path):
     assert md_line(selected, "| toy | concat + OGM-GE |").startswith("| toy | concat + OGM-GE | 1 | 80.0 | — | — |")  # n = 1: no ±
     assert md_line(selected, "| toy | audio-only |") == "| toy | audio-only | 0 |" + " — |" * 9  # no run yet
     # the paper's number beside it and reproduced - paper; mAP only where the spec reports it
-    assert md_line(selected, "| cremad | concat + OGM-GE |").startswith("| cremad | concat + OGM-GE | 1 | 65.0 | 61.9 | +3.1 |")
+    assert md_line(selected, "| cremad | concat + OGM-GE |").startswith("| cremad | concat + OGM-GE | 1 | 65.0 | 61.9† | +3.1 |")  # † its note: which table 61.9 is from
     assert md_line(selected, "| cremad | concat + OGM-GE |").endswith("| — |")
     # unprepared datasets: the row names the command; the paper's numbers are still listed, unverified ones marked
     assert f"| kinetics_sounds | not prepared: .venv/bin/python -m data_prep.kinetics_sounds --raw RAW_DIR --out {tmp_path / 'data'}/kinetics_sounds |" in text
     assert md_line(selected, "| kinetics_sounds | concat |").startswith("| kinetics_sounds | concat | 0 | — | 59.8 | — |")
-    assert md_line(selected, "| ave | concat |").startswith("| ave | concat | 0 | — | 72.0† | — |")
-    assert "- † unverified: may be an event-localisation figure" in text
+    assert md_line(selected, "| ave | concat |").startswith("| ave | concat | 0 | — | 72.0†† | — |")
+    assert "- † OGM-GE_CVPR2022 issue #34 cites 61.25" in text and "- †† unverified: may be an event-localisation figure" in text
     assert "| cremad | not prepared" not in text  # runs exist: they are shown
 
     rows = list(csv.DictReader(csv_path.open()))
@@ -173,7 +173,7 @@ def test_smoke_end_to_end(tmp_path, capsys):
     fair = (tmp_path / "out" / "main_fair.md").read_text()
     for label in ("audio-only", "visual-only", "concat", "concat + OGM-GE"):
         assert md_line(fair, f"| toy | {label} | 2 | ").count(" ± ") >= 2
-    assert "| cremad | not prepared: " in fair and "| cremad | concat + OGM-GE | 0 | — | 61.9 |" in fair
+    assert "| cremad | not prepared: " in fair and "| cremad | concat + OGM-GE | 0 | — | 61.9† |" in fair
     assert (tmp_path / "out" / "main_paper.md").exists() and (tmp_path / "out" / "main_fair.png").stat().st_size > 0
     assert rt.main(argv) == 0
     assert capsys.readouterr().out.count("2 runs finished before, not run again") == 4
