@@ -226,8 +226,11 @@ def header(spec: dict, table: str, protocol: str, records: list[dict], cmdline: 
         SELECTION["test" if protocol == "paper" else "val"] + "; no finished run yet"
     metas = [json.loads((d / "meta.json").read_text()) for r in records for d in r.get("dirs", []) if (d / "meta.json").exists()]
     devices = sorted({f"{m['device']['type']} ({m['device']['name']})" for m in metas if "device" in m})
+    commits = sorted({(m["git"]["commit"] or "unknown")[:7] + ("*" if m["git"].get("dirty") else "") for m in metas if m.get("git")})
+    ran = (f"; the runs ran on {', '.join(devices)}" if devices else "") + \
+        (f", at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)} (* with uncommitted changes)" if commits else "")
     return [f"# {spec['title']}: protocol `{protocol}`", "",
-            f"Made by `{cmdline}` at commit {git_commit()}, on {where}" + (f"; the runs ran on {', '.join(devices)}." if devices else "."),
+            f"Made by `{cmdline}` at commit {git_commit()}, on {where}{ran}.",
             f"Protocol `{protocol}`, {split_text}.", "",
             f"Test metrics in %, mean ± sample std over seeds (n runs; one run: no ±). `paper`: results/paper/{table}.csv "
             "(each number's source is there; — = not given or not checked). Δ = reproduced − paper."

@@ -3,6 +3,8 @@ difference, missing cells, unprepared datasets, n = 1, selected vs last epoch), 
 paper's CSVs, one-line CLI errors, and the pipeline end to end (one tiny row fast; the whole --smoke slow)."""
 import csv
 import json
+import re
+import subprocess
 
 import pytest
 import yaml
@@ -174,6 +176,8 @@ def test_smoke_end_to_end(tmp_path, capsys):
     for label in ("audio-only", "visual-only", "concat", "concat + OGM-GE"):
         assert md_line(fair, f"| toy | {label} | 2 | ").count(" ± ") >= 2
     assert "| cremad | not prepared: " in fair and "| cremad | concat + OGM-GE | 0 | — | 61.9† |" in fair
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=rt.ROOT, capture_output=True, text=True).stdout.strip()
+    assert re.search(rf"; the runs ran on cpu \([^)]*\), at commit {head}\*? \(\* with uncommitted changes\)\.", fair), fair[:600]
     assert (tmp_path / "out" / "main_paper.md").exists() and (tmp_path / "out" / "main_fair.png").stat().st_size > 0
     assert rt.main(argv) == 0
     assert capsys.readouterr().out.count("2 runs finished before, not run again") == 4
