@@ -27,10 +27,35 @@ def fake_run(runs, table, protocol, dataset, label, seed, status="ok", alpha=0.8
     if status != "ok":
         s["reason"] = "modulation.alpha=-1 must be >= 0"
     (d / "summary.json").write_text(json.dumps(s))
+    return d
 
 
 def md_line(text, start):
     return next(ln for ln in text.splitlines() if ln.startswith(start))
+
+
+def test_step_cost_is_time_per_sample_relative_to_the_baseline_row(tmp_path):
+    runs = tmp_path / "runs"
+    spec = {"title": "t", "family": "methods", "seeds": [0, 1], "overrides": [], "cost_baseline": "joint",
+            "metrics": [{"key": "test/acc", "label": "acc"}],
+            "rows": [{"label": "joint", "overrides": []}, {"label": "slow", "overrides": []}, {"label": "untimed", "overrides": []}]}
+    # per run the median epoch's 1/samples_per_second (an epoch slowed by other work does not count),
+    # then the mean over runs: joint (1/100 + 1/50) / 2 = 0.015 s; slow 0.03 s -> 2.00x
+    timings = {"joint": [[100, 100, 5], [50, 50, 50]], "slow": [[50, 50, 1000], [25, 25]]}
+    for label, per_run in timings.items():
+        for seed, sps in enumerate(per_run):
+            d = fake_run(runs, "methods", "fair", "toy", label, seed, **{"test/acc": 0.5})
+            (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "samples_per_second": v}) + "\n" for e, v in enumerate(sps)))
+    fake_run(runs, "methods", "fair", "toy", "untimed", 0, **{"test/acc": 0.5})  # no metrics.jsonl
+    records = rt.build_rows(spec, "methods", "fair", ["toy"], runs, str(tmp_path / "data"))
+    md, csv_path, _ = rt.write_table(spec, "methods", "fair", records, tmp_path / "out", "cmd", "test machine")
+    text = md.read_text()
+    assert md_line(text, "| dataset | row |").endswith("| step cost |")
+    assert md_line(text, "| toy | joint |").endswith("| 1.00x |") and md_line(text, "| toy | slow |").endswith("| 2.00x |")
+    assert md_line(text, "| toy | untimed |").endswith("| — |")
+    cost = [r for r in csv.DictReader(csv_path.open()) if r["metric"] == "step_cost"]
+    assert [(r["row"], float(r["mean"])) for r in cost] == [("joint", 1.0), ("slow", 2.0)]
+    assert "step cost: training time per sample relative to `joint`" in text
 
 
 def test_table_cells_paper_join_and_missing(tmp_path):
