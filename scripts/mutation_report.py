@@ -2,19 +2,27 @@
 
     python scripts/mutation_report.py                    # every mutated module
     python scripts/mutation_report.py 'avbalance.methods.*'  # only the mutants matching a glob
+    python scripts/mutation_report.py --show                 # + each live mutant's changed line
 
 Prints a markdown table (killed / survived / timed-out / other / total / % killed), then the mutants
-that were not killed (see one with `.venv/bin/mutmut show <name>`). % killed counts killed mutants
-only: a timed-out mutant is listed, not credited.
+that were not killed: first those judged equivalent in scripts/mutation_equivalent.yaml (name:
+reason; a judgement holds for the mutant's function as it is at the commit named in
+results/mutation.md), then the untriaged ones. % killed counts killed mutants only: a timed-out or
+equivalent mutant is listed, not credited.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
+import subprocess
 import signal
 import sys
 from collections import Counter
 from pathlib import Path
+
+import yaml
+
+EQUIVALENT = Path(__file__).with_name("mutation_equivalent.yaml")
 
 # mutmut 3's exit-code meanings (mutmut/stats.py)
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
@@ -51,7 +59,16 @@ def table(results: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def changed_line(name: str) -> str:
+    """The mutated line of `name`, as `mutmut show` prints it ('-old' / '+new' -> '+new')."""
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True).stdout
+    plus = [ln[1:].strip() for ln in out.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    return plus[0] if plus else "?"
+
+
 def main(argv: list[str]) -> int:
+    show = "--show" in argv
+    argv = [a for a in argv if a != "--show"]
     pattern = argv[0] if argv else "*"
     root = Path("mutants")
     results = load(root, pattern)
@@ -59,11 +76,19 @@ def main(argv: list[str]) -> int:
         print(f"no mutmut results under {root}/ for {pattern!r}: run `make mutate` first")
         return 1
     print(table(results))
+    equivalent = yaml.safe_load(EQUIVALENT.read_text()) or {} if EQUIVALENT.exists() else {}
     alive = [(k, s) for statuses in results.values() for k, s in statuses.items() if s != "killed"]
-    if alive:
-        print(f"\nnot killed ({len(alive)}); `.venv/bin/mutmut show <name>` prints the mutation:")
-        for k, s in alive:
-            print(f"  {s:<12} {k}")
+    judged = [(k, s) for k, s in alive if k in equivalent]
+    untriaged = [(k, s) for k, s in alive if k not in equivalent]
+    line = (lambda k: f"  `{changed_line(k)}`") if show else (lambda k: "")
+    if judged:
+        print(f"\nequivalent ({len(judged)}; reasons in {EQUIVALENT.name}):")
+        for k, s in judged:
+            print(f"- {s} `{k}`: {equivalent[k]}{line(k)}")
+    if untriaged:
+        print(f"\nnot killed and not judged ({len(untriaged)}); `.venv/bin/mutmut show <name>` prints the mutation:")
+        for k, s in untriaged:
+            print(f"- {s} `{k}`{line(k)}")
     return 0
 
 

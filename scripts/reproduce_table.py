@@ -183,8 +183,28 @@ def build_rows(spec: dict, table: str, protocol: str, datasets: list[str], runs:
                     for last in (False, True):
                         cells[m["key"], last] = stats([metric(s, m["key"], last) for s in g["runs"]])
                 records.append({"dataset": d, "label": label, "paper_row": row["label"], "n": len(g["runs"]),
-                                "cells": cells, "notes": notes, "runs": g["runs"], "dirs": g["dirs"]})
+                                "cells": cells, "notes": notes, "runs": g["runs"], "dirs": g["dirs"],
+                                "seconds_per_sample": seconds_per_sample(g["dirs"])})
+    if base := spec.get("cost_baseline"):  # each row's time per training sample / the baseline row's
+        for r in records:
+            b = next((x for x in records if x["dataset"] == r["dataset"] and x.get("paper_row") == base), None)
+            if r.get("seconds_per_sample") and b and b.get("seconds_per_sample"):
+                r["cost"] = r["seconds_per_sample"] / b["seconds_per_sample"]
     return records
+
+
+def seconds_per_sample(dirs: list[Path]) -> float | None:
+    """Training time per sample: for each run the median over its epochs of 1 / samples_per_second
+    (metrics.jsonl; the median keeps an epoch slowed by other work on the machine from dominating),
+    then the mean over runs. None without timings."""
+    per_run = []
+    for d in dirs:
+        path = d / "metrics.jsonl"
+        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+        times = [1 / r["samples_per_second"] for r in rows if r.get("samples_per_second")]
+        if times:
+            per_run.append(statistics.median(times))
+    return statistics.mean(per_run) if per_run else None
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -226,8 +246,11 @@ def header(spec: dict, table: str, protocol: str, records: list[dict], cmdline: 
         SELECTION["test" if protocol == "paper" else "val"] + "; no finished run yet"
     metas = [json.loads((d / "meta.json").read_text()) for r in records for d in r.get("dirs", []) if (d / "meta.json").exists()]
     devices = sorted({f"{m['device']['type']} ({m['device']['name']})" for m in metas if "device" in m})
+    commits = sorted({(m["git"]["commit"] or "unknown")[:7] + ("*" if m["git"].get("dirty") else "") for m in metas if m.get("git")})
+    ran = (f"; the runs ran on {', '.join(devices)}" if devices else "") + \
+        (f", at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)} (* with uncommitted changes)" if commits else "")
     return [f"# {spec['title']}: protocol `{protocol}`", "",
-            f"Made by `{cmdline}` at commit {git_commit()}, on {where}" + (f"; the runs ran on {', '.join(devices)}." if devices else "."),
+            f"Made by `{cmdline}` at commit {git_commit()}, on {where}{ran}.",
             f"Protocol `{protocol}`, {split_text}.", "",
             f"Test metrics in %, mean ± sample std over seeds (n runs; one run: no ±). `paper`: results/paper/{table}.csv "
             "(each number's source is there; — = not given or not checked). Δ = reproduced − paper."
@@ -242,8 +265,9 @@ def write_table(spec: dict, table: str, protocol: str, records: list[dict], out:
     lines, rows_csv, footnotes = header(spec, table, protocol, records, cmdline, where), [], {}
     for last in (False, True):
         epoch = "last" if last else "selected"
+        cost = bool(spec.get("cost_baseline"))
         head = ["dataset", "row", "n"] + [h for m in metrics for h in [m["label"]] + (
-            [f"paper {m['label']}", f"Δ {m['label']}"] if m["key"] in compared else [])]
+            [f"paper {m['label']}", f"Δ {m['label']}"] if m["key"] in compared else [])] + (["step cost"] if cost else [])
         lines += ["", f"## Test at the {epoch} epoch", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in records:
             if r["n"] is None:  # not prepared
@@ -263,8 +287,17 @@ def write_table(spec: dict, table: str, protocol: str, records: list[dict], out:
                                      "std": round(c[1], 4) if c and c[1] is not None else "", "paper": p["value"] if p else "",
                                      "diff": round(diff, 4) if diff is not None else "", "paper_source": p["source"] if p else "",
                                      "note": "; ".join(filter(None, [p and p.get("note"), *r["notes"]]))})
+            if cost:
+                cells.append(f"{r['cost']:.2f}x" if r.get("cost") else "—")
+                if not last and r.get("cost"):
+                    rows_csv.append({"dataset": r["dataset"], "row": r["label"], "epoch": "all", "metric": "step_cost",
+                                     "n": r["n"], "mean": round(r["cost"], 4)})
             lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {'†' * i} {n}" for n, i in footnotes.items()]
+    if spec.get("cost_baseline"):
+        notes.append(f"- step cost: training time per sample relative to `{spec['cost_baseline']}` on the same dataset, "
+                     "from the runs' own epoch timings (per run the median epoch, then the mean over runs); a method's "
+                     "stages outside the epochs (UMT's teacher training) are not in it.")
     notes += [f"- {r['dataset']} / {r['label']}: {n}" for r in records if r["n"] is not None for n in r["notes"]]
     if missing := [m["label"] for m in metrics if m["key"] not in compared]:
         notes.append(f"- The paper's numbers for {', '.join(missing)}: not given here or not checked.")

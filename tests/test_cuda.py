@@ -53,3 +53,21 @@ def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeyp
                    tiny=False)
     summary = train(cfg, tmp_path / "run")
     assert len(steps) == 2 * 5 and 0 <= summary["test/acc"] <= 1
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tmp_path, monkeypatch):
+    # CUDA's autocast default is float16: a run that dropped dtype=bfloat16 would train in fp16
+    # (no loss scaling) while saying bf16; on the CPU the default is bfloat16, so only here it shows
+    seen, models = [], []
+    real_build = trainer_module.build_model
+
+    def recording_build(*a, **kw):
+        model = real_build(*a, **kw)
+        model.head.register_forward_hook(lambda m, i, out: seen.append(out.logits.dtype))
+        models.append(model)
+        return model
+    monkeypatch.setattr(trainer_module, "build_model", recording_build)
+    cfg = make_cfg("modulation=ogm_ge", "epochs=1", "device=cuda", "precision=bf16")
+    train(cfg, tmp_path / "run")
+    assert seen and set(seen) == {torch.bfloat16}
+    assert {p.dtype for p in models[0].parameters()} == {torch.float32}

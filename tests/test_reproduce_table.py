@@ -3,6 +3,8 @@ difference, missing cells, unprepared datasets, n = 1, selected vs last epoch), 
 paper's CSVs, one-line CLI errors, and the pipeline end to end (one tiny row fast; the whole --smoke slow)."""
 import csv
 import json
+import re
+import subprocess
 
 import pytest
 import yaml
@@ -25,10 +27,35 @@ def fake_run(runs, table, protocol, dataset, label, seed, status="ok", alpha=0.8
     if status != "ok":
         s["reason"] = "modulation.alpha=-1 must be >= 0"
     (d / "summary.json").write_text(json.dumps(s))
+    return d
 
 
 def md_line(text, start):
     return next(ln for ln in text.splitlines() if ln.startswith(start))
+
+
+def test_step_cost_is_time_per_sample_relative_to_the_baseline_row(tmp_path):
+    runs = tmp_path / "runs"
+    spec = {"title": "t", "family": "methods", "seeds": [0, 1], "overrides": [], "cost_baseline": "joint",
+            "metrics": [{"key": "test/acc", "label": "acc"}],
+            "rows": [{"label": "joint", "overrides": []}, {"label": "slow", "overrides": []}, {"label": "untimed", "overrides": []}]}
+    # per run the median epoch's 1/samples_per_second (an epoch slowed by other work does not count),
+    # then the mean over runs: joint (1/100 + 1/50) / 2 = 0.015 s; slow 0.03 s -> 2.00x
+    timings = {"joint": [[100, 100, 5], [50, 50, 50]], "slow": [[50, 50, 1000], [25, 25]]}
+    for label, per_run in timings.items():
+        for seed, sps in enumerate(per_run):
+            d = fake_run(runs, "methods", "fair", "toy", label, seed, **{"test/acc": 0.5})
+            (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "samples_per_second": v}) + "\n" for e, v in enumerate(sps)))
+    fake_run(runs, "methods", "fair", "toy", "untimed", 0, **{"test/acc": 0.5})  # no metrics.jsonl
+    records = rt.build_rows(spec, "methods", "fair", ["toy"], runs, str(tmp_path / "data"))
+    md, csv_path, _ = rt.write_table(spec, "methods", "fair", records, tmp_path / "out", "cmd", "test machine")
+    text = md.read_text()
+    assert md_line(text, "| dataset | row |").endswith("| step cost |")
+    assert md_line(text, "| toy | joint |").endswith("| 1.00x |") and md_line(text, "| toy | slow |").endswith("| 2.00x |")
+    assert md_line(text, "| toy | untimed |").endswith("| — |")
+    cost = [r for r in csv.DictReader(csv_path.open()) if r["metric"] == "step_cost"]
+    assert [(r["row"], float(r["mean"])) for r in cost] == [("joint", 1.0), ("slow", 2.0)]
+    assert "step cost: training time per sample relative to `joint`" in text
 
 
 def test_table_cells_paper_join_and_missing(tmp_path):
@@ -53,13 +80,13 @@ def test_table_cells_paper_join_and_missing(tmp_path):
     assert md_line(selected, "| toy | concat + OGM-GE |").startswith("| toy | concat + OGM-GE | 1 | 80.0 | — | — |")  # n = 1: no ±
     assert md_line(selected, "| toy | audio-only |") == "| toy | audio-only | 0 |" + " — |" * 9  # no run yet
     # the paper's number beside it and reproduced - paper; mAP only where the spec reports it
-    assert md_line(selected, "| cremad | concat + OGM-GE |").startswith("| cremad | concat + OGM-GE | 1 | 65.0 | 61.9 | +3.1 |")
+    assert md_line(selected, "| cremad | concat + OGM-GE |").startswith("| cremad | concat + OGM-GE | 1 | 65.0 | 61.9† | +3.1 |")  # † its note: which table 61.9 is from
     assert md_line(selected, "| cremad | concat + OGM-GE |").endswith("| — |")
     # unprepared datasets: the row names the command; the paper's numbers are still listed, unverified ones marked
     assert f"| kinetics_sounds | not prepared: .venv/bin/python -m data_prep.kinetics_sounds --raw RAW_DIR --out {tmp_path / 'data'}/kinetics_sounds |" in text
     assert md_line(selected, "| kinetics_sounds | concat |").startswith("| kinetics_sounds | concat | 0 | — | 59.8 | — |")
-    assert md_line(selected, "| ave | concat |").startswith("| ave | concat | 0 | — | 72.0† | — |")
-    assert "- † unverified: may be an event-localisation figure" in text
+    assert md_line(selected, "| ave | concat |").startswith("| ave | concat | 0 | — | 72.0†† | — |")
+    assert "- † OGM-GE_CVPR2022 issue #34 cites 61.25" in text and "- †† unverified: may be an event-localisation figure" in text
     assert "| cremad | not prepared" not in text  # runs exist: they are shown
 
     rows = list(csv.DictReader(csv_path.open()))
@@ -173,7 +200,9 @@ def test_smoke_end_to_end(tmp_path, capsys):
     fair = (tmp_path / "out" / "main_fair.md").read_text()
     for label in ("audio-only", "visual-only", "concat", "concat + OGM-GE"):
         assert md_line(fair, f"| toy | {label} | 2 | ").count(" ± ") >= 2
-    assert "| cremad | not prepared: " in fair and "| cremad | concat + OGM-GE | 0 | — | 61.9 |" in fair
+    assert "| cremad | not prepared: " in fair and "| cremad | concat + OGM-GE | 0 | — | 61.9† |" in fair
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=rt.ROOT, capture_output=True, text=True).stdout.strip()
+    assert re.search(rf"; the runs ran on cpu \([^)]*\), at commit {head}\*? \(\* with uncommitted changes\)\.", fair), fair[:600]
     assert (tmp_path / "out" / "main_paper.md").exists() and (tmp_path / "out" / "main_fair.png").stat().st_size > 0
     assert rt.main(argv) == 0
     assert capsys.readouterr().out.count("2 runs finished before, not run again") == 4
