@@ -230,7 +230,7 @@ def git_commit() -> str:
     def git(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    return sha + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return sha + (" (with uncommitted changes outside results/)" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 
 def joined(r: dict, m: dict, last: bool, paper: dict) -> tuple:
