@@ -46,8 +46,8 @@ def drop_and_rescale(feats: dict[str, torch.Tensor], q: torch.Tensor, u: torch.T
     sample i keeps modality m when u[i, m] >= q_m (probability 1 - q_m), and both modalities are
     scaled by 1 / (1 - theta), theta = (Da q_a + Dv q_v) / (Da + Dv) (the reference's one shared rate)."""
     a, v = feats["audio"], feats["visual"]
-    d = torch.tensor([a.shape[1], v.shape[1]], dtype=q.dtype, device=q.device)
-    theta = (d * q).sum() / d.sum()
+    da, dv = a.shape[1], v.shape[1]  # Python ints: no host-to-device copy per step
+    theta = (da * q[0] + dv * q[1]) / (da + dv)
     scale = (u >= q).to(q.dtype) / (1 - theta)                     # [B, 2]
     return {"audio": a * scale[:, :1].to(a.dtype), "visual": v * scale[:, 1:].to(v.dtype)}
 
