@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import subprocess
 import signal
 import sys
@@ -66,6 +67,12 @@ def changed_line(name: str) -> str:
     return plus[0] if plus else "?"
 
 
+def judged_equivalent() -> dict[tuple[str, str], str]:
+    """{(function, mutated line): reason} from mutation_equivalent.yaml."""
+    entries = yaml.safe_load(EQUIVALENT.read_text()) or [] if EQUIVALENT.exists() else []
+    return {(e["function"], " ".join(e["line"].split())): e["reason"] for e in entries}
+
+
 def main(argv: list[str]) -> int:
     show = "--show" in argv
     argv = [a for a in argv if a != "--show"]
@@ -76,19 +83,21 @@ def main(argv: list[str]) -> int:
         print(f"no mutmut results under {root}/ for {pattern!r}: run `make mutate` first")
         return 1
     print(table(results))
-    equivalent = yaml.safe_load(EQUIVALENT.read_text()) or {} if EQUIVALENT.exists() else {}
+    equivalent = judged_equivalent()
     alive = [(k, s) for statuses in results.values() for k, s in statuses.items() if s != "killed"]
-    judged = [(k, s) for k, s in alive if k in equivalent]
-    untriaged = [(k, s) for k, s in alive if k not in equivalent]
-    line = (lambda k: f"  `{changed_line(k)}`") if show else (lambda k: "")
+    judged, untriaged = [], []
+    for k, s in alive:  # a survivor is matched by its function and its mutated line, not by its number
+        line = changed_line(k) if s == "survived" and equivalent else ""
+        reason = equivalent.get((re.sub(r"__mutmut_\d+$", "", k), " ".join(line.split())))
+        (judged if reason else untriaged).append((k, s, line, reason))
     if judged:
         print(f"\nequivalent ({len(judged)}; reasons in {EQUIVALENT.name}):")
-        for k, s in judged:
-            print(f"- {s} `{k}`: {equivalent[k]}{line(k)}")
+        for k, s, line, reason in judged:
+            print(f"- {s} `{k}`: {reason}" + (f"  `{line}`" if show else ""))
     if untriaged:
         print(f"\nnot killed and not judged ({len(untriaged)}); `.venv/bin/mutmut show <name>` prints the mutation:")
-        for k, s in untriaged:
-            print(f"- {s} `{k}`{line(k)}")
+        for k, s, line, _ in untriaged:
+            print(f"- {s} `{k}`" + (f"  `{line or changed_line(k)}`" if show else ""))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: compose configs in-process (no subprocess per case), tiny shapes."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,10 @@ def make_cfg(*overrides: str, tiny: bool = True):
 @pytest.fixture
 def cfg_factory():
     return make_cfg
+
+
+def shared_unless_mutating(fixture_name, config) -> str:
+    """Scope of a fixture that trains once for several tests: "module" normally; "function" under
+    mutmut (MUTANT_UNDER_TEST set), whose per-test mapping credits a module fixture's work to the first
+    test only, so the tests that assert on its output would never be run against a mutant."""
+    return "function" if os.environ.get("MUTANT_UNDER_TEST") else "module"

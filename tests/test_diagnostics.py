@@ -9,7 +9,7 @@ from avbalance.models import build_model
 from avbalance.rundir import load_checkpoint
 from avbalance.trainer import train
 
-from conftest import make_cfg
+from conftest import make_cfg, shared_unless_mutating
 
 CPU = torch.device("cpu")
 CHANCE = 1 / 6  # toy has 6 balanced classes
@@ -26,7 +26,7 @@ def model_and_data(cfg, ckpt=None):
     return model, data
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def trained(tmp_path_factory):
     """One short joint run on toy with both streams learnable at a small size (about a second)."""
     cfg = make_cfg("modulation=none", "epochs=1", "model.width=16", "dataset.spec_shape=[32,24]", "dataset.image_size=24",

@@ -15,7 +15,7 @@ from avbalance.models.fusion import FusionOutput
 from avbalance.rundir import read_json
 from avbalance.trainer import train
 
-from conftest import make_cfg
+from conftest import make_cfg, shared_unless_mutating
 
 CPU = torch.device("cpu")
 
@@ -114,7 +114,7 @@ def test_zero_replaces_that_input_by_zeros(zero):
 
 
 # --- run_eval on a trained toy run ------------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def run(tmp_path_factory):
     cfg = make_cfg("epochs=2", "modulation=none")
     run_dir = tmp_path_factory.mktemp("run")

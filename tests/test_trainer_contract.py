@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from avbalance.rundir import load_checkpoint
 from avbalance.methods.base import Method
 from avbalance.trainer import _rng_state, _set_rng_state, _steps_csv, format_summary, train
 
-from conftest import make_cfg
+from conftest import make_cfg, shared_unless_mutating
 
 LR, GAMMA = 0.05, 0.5
 # dataset.epochs, not epochs: `epochs: ${dataset.epochs}` stays an interpolation, so that what
@@ -81,7 +82,7 @@ class RecordingLogger:
         self.finished += 1
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_unless_mutating)
 def run(tmp_path_factory):
     """One 3-epoch run (2 steps an epoch), with its steps, evaluations, log lines, experiment-logger
     calls and plot inputs recorded, a fake clock, and the validation accuracy rigged for a tie."""
@@ -249,6 +250,20 @@ def test_the_selected_checkpoint_is_measured_with_each_input_missing(run):
 def test_a_run_is_quiet_on_stderr_when_it_is_not_a_terminal(tmp_path, capsys):
     train(make_cfg("epochs=1", "modulation=none", "dataset.n_train=64"), tmp_path)
     assert capsys.readouterr().err == ""
+
+
+def test_the_progress_bar_counts_each_epochs_batches_on_stderr_and_goes_away(tmp_path, monkeypatch):
+    # a terminal user sees "epoch N" with the epoch's batch count; the bar is cleared at the epoch's
+    # end (leave=False) and never written to stdout, which scripts may parse
+    bars = []
+
+    def recording_tqdm(iterable, **kw):
+        bars.append(kw)
+        return iterable
+    monkeypatch.setattr(trainer_module, "tqdm", recording_tqdm)
+    train(make_cfg("epochs=2", "modulation=none"), tmp_path)  # TINY: 128 train clips, batch 64
+    assert [b["desc"] for b in bars] == ["epoch 0", "epoch 1"]
+    assert all(b["total"] == 2 and b["leave"] is False and b["file"] is sys.stderr and b["disable"] is None for b in bars)
 
 
 class RecordingMethod:
