@@ -206,3 +206,19 @@ def test_smoke_end_to_end(tmp_path, capsys):
     assert (tmp_path / "out" / "main_paper.md").exists() and (tmp_path / "out" / "main_fair.png").stat().st_size > 0
     assert rt.main(argv) == 0
     assert capsys.readouterr().out.count("2 runs finished before, not run again") == 4
+
+
+def test_method_cost_relative_to_none_and_its_errors(tmp_path, capsys):
+    import method_cost
+    for i, (name, sps) in enumerate([("none", [100, 100, 1]), ("mmpareto", [50, 50, 50]), ("ogm", [80, 80])]):
+        d = tmp_path / "sweep" / str(i)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"status": "ok", "dataset": "toy", "choices": {"modulation": name}}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"samples_per_second": v}) + "\n" for v in sps))
+    assert method_cost.main([str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out
+    assert "| none | 1 | 10.000 | 1.00x |" in out and "| ogm | 1 | 12.500 | 1.25x |" in out and "| mmpareto | 1 | 20.000 | 2.00x |" in out
+    (tmp_path / "sweep" / "0" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    assert method_cost.main([str(tmp_path / "sweep")]) == 2
+    assert "no finished modulation=none run" in capsys.readouterr().err
+    assert method_cost.main([str(tmp_path / "missing")]) == 2
