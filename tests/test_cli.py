@@ -28,6 +28,7 @@ def rows(run):
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~30 s of train.py subprocesses; keeps make test under 5 minutes on 2 cores
 def test_resume_uses_the_runs_own_config_and_refuses_contradictions(tmp_path):
     run = tmp_path / "run"
     rc, _, err = cli("modulation=ogm", "fusion=sum", "epochs=2", "seed=3", *SMALL, f"hydra.run.dir={run}", cwd=tmp_path)

@@ -92,6 +92,7 @@ cremad.main(["--raw", raw, "--out", out, "--frame-size", "32", "--workers", "2"]
 """
 
 
+@pytest.mark.slow  # ~15 s; keeps make test under 5 minutes on 2 cores
 @pytest.mark.skipif(sys.platform != "linux", reason="the crash script forks its workers (Linux)")
 def test_a_clip_that_kills_its_worker_is_isolated_and_skipped(raw, tmp_path):
     victim = cremad.read_split_list(raw / "test.csv")[1][0]
