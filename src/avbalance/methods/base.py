@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from ..data.base import Batch
+from ..errors import ConfigError
 from ..models.fusion import FusionOutput
 from ..models.model import AVClassifier
 
@@ -60,6 +61,13 @@ class UnimodalHeads(nn.Module):
     def forward(self, feats: dict[str, torch.Tensor]) -> dict:
         return {"logits_audio": self.fc["audio"](feats["audio"]), "logits_visual": self.fc["visual"](feats["visual"]),
                 "probe": True}
+
+
+def check_epoch_window(m: Any) -> None:
+    """The inclusive epoch window [modulation.start_epoch, modulation.end_epoch] of a method config."""
+    if m.start_epoch < 0 or m.start_epoch > m.end_epoch:
+        raise ConfigError(f"modulation.start_epoch={m.start_epoch} is not allowed; expected 0 <= start_epoch <= "
+                          f"modulation.end_epoch={m.end_epoch}")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from omegaconf import II
 from ..errors import ConfigError
 from ..registry import METHODS
 from ..schema import Choice
-from .base import MODALITIES, Method, MethodConfig
+from .base import MODALITIES, Method, MethodConfig, check_epoch_window
 
 Apply = Choice("Apply", {v: v for v in ("lr", "grad")})
 
@@ -62,9 +62,7 @@ class MSLR(Method):
         if not 0 <= m.ratio_min <= m.ratio_max:
             raise ConfigError(f"modulation.ratio_min={m.ratio_min!r} is not allowed; expected 0 <= ratio_min <= "
                               f"modulation.ratio_max={m.ratio_max!r}")
-        if m.start_epoch < 0 or m.start_epoch > m.end_epoch:
-            raise ConfigError(f"modulation.start_epoch={m.start_epoch} is not allowed; expected 0 <= start_epoch <= "
-                              f"modulation.end_epoch={m.end_epoch}")
+        check_epoch_window(m)
 
     def __init__(self, cfg, model, *, device, seed):
         super().__init__(cfg, model, device=device, seed=seed)

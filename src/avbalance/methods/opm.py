@@ -20,7 +20,7 @@ from omegaconf import II
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import Method, MethodConfig, modality_scores
+from .base import Method, MethodConfig, modality_scores, check_epoch_window
 
 
 @dataclass
@@ -66,9 +66,7 @@ class OPM(Method):
                 raise ConfigError(f"modulation.{key}={m[key]!r} is not allowed; expected a probability in [0, 1]")
         if m.lam < 0:
             raise ConfigError(f"modulation.lam={m.lam!r} is not allowed; expected a number >= 0")
-        if m.start_epoch < 0 or m.start_epoch > m.end_epoch:
-            raise ConfigError(f"modulation.start_epoch={m.start_epoch} is not allowed; expected 0 <= start_epoch <= "
-                              f"modulation.end_epoch={m.end_epoch}")
+        check_epoch_window(m)
 
     def __init__(self, cfg, model, *, device, seed):
         super().__init__(cfg, model, device=device, seed=seed)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..data.base import subset_rows
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import MODALITIES, Method, MethodConfig
+from .base import MODALITIES, Method, MethodConfig, check_epoch_window
 
 
 @dataclass
@@ -86,9 +86,7 @@ class PMR(Method):
             raise ConfigError(f"modulation.momentum={m.momentum!r} is not allowed; expected a number in [0, 1]")
         if not 0 < m.subset <= 1:
             raise ConfigError(f"modulation.subset={m.subset!r} is not allowed; expected a fraction in (0, 1]")
-        if m.start_epoch < 0 or m.start_epoch > m.end_epoch:
-            raise ConfigError(f"modulation.start_epoch={m.start_epoch} is not allowed; expected 0 <= start_epoch <= "
-                              f"modulation.end_epoch={m.end_epoch}")
+        check_epoch_window(m)
 
     def __init__(self, cfg, model, *, device, seed):
         super().__init__(cfg, model, device=device, seed=seed)
