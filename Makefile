@@ -39,8 +39,8 @@ demo:  ## train on the built-in toy dataset (CPU, about a minute)
 
 # The paper's tables (tables/) through Hydra sweeps -> results/<table>_<protocol>.md/.csv/.png.
 # DATASETS, TABLES, PROTOCOLS: comma-separated (default: each table's own); SMOKE=1: tiny toy settings.
-reproduce-table:  ## the paper's tables: make reproduce-table [DATASETS=toy,avdigits] [TABLES=main] [PROTOCOLS=fair] [SMOKE=1]
-	$(BIN)/python scripts/reproduce_table.py $(if $(DATASETS),--datasets $(DATASETS)) $(if $(TABLES),--tables $(TABLES)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) $(if $(SMOKE),--smoke)
+reproduce-table:  ## the paper's tables: make reproduce-table [DATASETS=toy,avdigits] [TABLES=main] [PROTOCOLS=fair] [SMOKE=1] [LAUNCHER=pack|slurm LAUNCHER_ARGS="..."]
+	$(BIN)/python scripts/reproduce_table.py $(if $(DATASETS),--datasets $(DATASETS)) $(if $(TABLES),--tables $(TABLES)) $(if $(PROTOCOLS),--protocols $(PROTOCOLS)) $(if $(SMOKE),--smoke) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(LAUNCHER_ARGS),--launcher-args '$(LAUNCHER_ARGS)')
 
 clean:  ## remove run outputs and caches
 	rm -rf runs outputs multirun .pytest_cache

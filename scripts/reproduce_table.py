@@ -388,6 +388,8 @@ def run_plan(plan: list[tuple], args, runs: Path, quiet: bool) -> list[str]:
             continue
         seeds = args.seeds or ([0, 1] if args.smoke else spec["seeds"])
         extra = (SMOKE + (SMOKE_TOY if d == "toy" else [])) if args.smoke else []
+        if args.launcher != "basic":  # each row's seeds as parallel jobs (configs/hydra/launcher/)
+            extra = extra + [f"hydra/launcher={args.launcher}", *shlex.split(args.launcher_args or "")]
         for row in spec["rows"]:
             i += 1
             head = f"[{i}/{n_rows}] {table} · {protocol} · {d} · {row['label']}:"
@@ -447,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default="data", help="where the prepared datasets are (default data)")
     ap.add_argument("--smoke", action="store_true", help="tiny settings (the main table, toy, 2 epochs, 2 seeds, quiet): the whole pipeline in about a minute")
     ap.add_argument("--quiet", action="store_true", help="each row's training output into <sweep dir>/reproduce.log")
+    ap.add_argument("--launcher", choices=["basic", "pack", "slurm"], default="basic",
+                    help="how each row's seeds run: basic (one after the other), pack (joblib: at once on this machine), "
+                         "slurm (submitit: one SLURM job each)")
+    ap.add_argument("--launcher-args", help='overrides for the launcher, e.g. "hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=2"')
     ap.add_argument("--dry-run", action="store_true", help="print the commands and the datasets that are not prepared, run nothing")
     args = ap.parse_args(argv)
     runs = args.runs_dir or Path("runs/tables_smoke" if args.smoke else "runs/tables")

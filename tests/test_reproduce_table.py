@@ -222,3 +222,16 @@ def test_method_cost_relative_to_none_and_its_errors(tmp_path, capsys):
     assert method_cost.main([str(tmp_path / "sweep")]) == 2
     assert "no finished modulation=none run" in capsys.readouterr().err
     assert method_cost.main([str(tmp_path / "missing")]) == 2
+
+
+def test_launcher_choice_reaches_every_row_command(tmp_path, capsys):
+    argv = ["--dry-run", "--tables", "ogm_ge", "--datasets", "toy", "--seeds", "0,1", "--launcher", "slurm",
+            "--launcher-args", "hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=2",
+            "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]
+    assert rt.main(argv) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  .venv/bin/python train.py -m")]
+    assert len(lines) == 3  # none, OGM, OGM-GE
+    assert all("hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=2 seed=0,1" in ln for ln in lines)
+    with pytest.raises(SystemExit):
+        rt.main(["--launcher", "mpi", "--dry-run"])
+    assert "invalid choice: 'mpi'" in capsys.readouterr().err

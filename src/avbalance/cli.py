@@ -11,6 +11,7 @@ import logging.config
 import re
 import shutil
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import schema
+from . import distributed, schema
 from .config import resolve_device, validate
 from .errors import ConfigError, UserError
 from .rundir import atomic_write_text, read_json, write_json
@@ -240,6 +241,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict, *, multirun: bool, fresh_
             sys.exit(2)
         return None
     done = run_dir / "summary.json"
+    main = distributed.env().main  # under torchrun: rank 0 alone writes and prints
     if cfg.skip_done and done.exists() and read_json(done).get("status") == "ok":
         print(f"skipped (finished before): {run_dir}")  # skip_done=true: re-running a table runs what is missing
         return read_json(done)["best"].get("val/acc")
@@ -253,17 +255,20 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict, *, multirun: bool, fresh_
         if not multirun:
             if not isinstance(e, UserError):
                 raise
-            if fresh_dir and run_dir.exists() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+            if main and fresh_dir and run_dir.exists() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
                 shutil.rmtree(run_dir, ignore_errors=True)  # failed before training: leave no empty run
             print(f"error: {reason}", file=sys.stderr)
             sys.exit(2)
         log.error("run failed: %s%s", reason, "" if isinstance(e, UserError) else "\n" + traceback.format_exc())
+        if not main:
+            return None
         write_json(run_dir / "summary.json", {"status": "failed", "reason": reason, "error": type(e).__name__,
                                               "overrides": _task_overrides(), "choices": choices, "seed": cfg.seed,
                                               "dataset": cfg.dataset.name})
         return None
-    print(format_summary(summary))
-    print(f"run directory: {run_dir}")
+    if main:
+        print(format_summary(summary))
+        print(f"run directory: {run_dir}")
     return summary["best"]["val/acc"]  # what a Hydra sweeper optimises
 
 
@@ -286,10 +291,11 @@ def resume(plan: Plan) -> None:
     conf = yaml.safe_load((CONFIG_DIR / "hydra" / "job_logging" / "avbalance.yaml").read_text())
     conf["handlers"]["file"]["filename"] = str(plan.resume_dir / "train.log")  # appended to
     logging.config.dictConfig(conf)
-    meta = read_json(plan.resume_dir / "meta.json") if (plan.resume_dir / "meta.json").exists() else {}
-    meta.setdefault("resumes", []).append({"argv": sys.argv[1:]})
-    write_json(plan.resume_dir / "meta.json", meta)
-    atomic_write_text(plan.resume_dir / "config_resolved.yaml", OmegaConf.to_yaml(plan.resume_cfg, resolve=True))
+    if distributed.env().main:
+        meta = read_json(plan.resume_dir / "meta.json") if (plan.resume_dir / "meta.json").exists() else {}
+        meta.setdefault("resumes", []).append({"argv": sys.argv[1:]})
+        write_json(plan.resume_dir / "meta.json", meta)
+        atomic_write_text(plan.resume_dir / "config_resolved.yaml", OmegaConf.to_yaml(plan.resume_cfg, resolve=True))
     run(plan.resume_cfg, plan.resume_dir, plan.resume_choices, multirun=False, fresh_dir=False)
 
 
@@ -311,6 +317,10 @@ def main(argv: list[str], hydra_main) -> int:
             return 2
         print(f"wrote {plan.eval_dir}/eval.json and predictions_<split>.csv")
         return 0
+    rank = distributed.env().rank
+    if rank > 0:  # torchrun: Hydra's own output of ranks > 0 goes to a scratch folder; rank 0's run dir is
+        scratch = Path(tempfile.gettempdir()) / f"avbalance-rank{rank}"  # broadcast to them (trainer.py)
+        sys.argv += [f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/multirun", "hydra.output_subdir=null"]
     hydra_main()
     return 1 if SweepReport.failed else 0
 
@@ -327,6 +337,8 @@ class SweepReport(Callback):
     failed = 0
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if not distributed.env().main:  # under torchrun, rank 0's sweep directory is the one that holds the runs
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = sorted(p.parent for p in sweep_dir.glob("*/.hydra"))
         bad = []

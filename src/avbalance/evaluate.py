@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+
 HEADS = ("", "_audio", "_visual")  # fused, then the two unimodal estimates
 PRED_COLUMNS = ("index", "label", "pred", "pred_audio", "pred_visual", "score")
 
@@ -47,7 +49,14 @@ def evaluate(model, data, split: str, device: torch.device, precision: str = "fp
     C = data.num_classes
     loss_sum = torch.zeros((), device=device)
     ids, probs = [], []  # per batch: [5, B] index, label and the three heads' argmax; [B, C] fused softmax
-    for batch in data.eval_batches(split, device):
+    # under DDP each process evaluates every world-th row and the outputs are gathered below
+    shard = distributed.active()
+    if shard:
+        e = distributed.env()
+        batches = data.eval_batches(split, device, torch.arange(data.num_rows(split))[e.rank::e.world])
+    else:
+        batches = data.eval_batches(split, device)
+    for batch in batches:
         x = {"audio": batch.audio, "visual": batch.visual}
         if zero is not None:
             x[zero] = torch.zeros_like(x[zero])
@@ -62,6 +71,13 @@ def evaluate(model, data, split: str, device: torch.device, precision: str = "fp
     # the host transfers, once per split
     ids = torch.cat(ids, 1).cpu() if ids else torch.zeros(5, 0, dtype=torch.long)   # [5, N]
     probs = torch.cat(probs).cpu() if probs else torch.zeros(0, C)                   # [N, C]
+    loss_sum = loss_sum.cpu()
+    if shard:  # every process gets the whole split, in row order: each sample counted once
+        parts = distributed.gather((ids, probs, loss_sum))
+        ids, probs = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts])
+        loss_sum = sum(p[2] for p in parts)
+        order = ids[0].argsort()
+        ids, probs = ids[:, order], probs[order]
     index, y, *preds = ids
     result = {"loss": loss_sum.item() / max(len(y), 1)}
     for suffix, p in zip(HEADS, preds):

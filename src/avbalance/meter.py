@@ -19,11 +19,12 @@ class DeviceMeter:
             if k in self.traces:
                 self.traces[k].append(v)
 
-    def read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """Means over steps, and the per-step traces; the only host transfer of the epoch."""
+    def read(self, reduce=None) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Means over steps, and the per-step traces; the only host transfer of the epoch.
+        `reduce` (DDP: the mean over processes) is applied to the stacked values before it."""
         keys = list(self.sums)
         flat = [self.sums[k] for k in keys] + [t for k in self.trace_keys for t in self.traces[k]]
-        values = torch.stack(flat).tolist() if flat else []
+        values = (reduce or (lambda x: x))(torch.stack(flat)).tolist() if flat else []
         means = {k: values[i] / self.counts[k] for i, k in enumerate(keys)}
         traces, i = {}, len(keys)
         for k in self.trace_keys:

@@ -79,16 +79,19 @@ class MetricsLog:
     kept, lines past it and an unreadable (truncated) line dropped, and the checkpoint's own epoch
     line is taken from the checkpoint (the crash may have come between the two writes)."""
 
-    def __init__(self, path: Path, start_epoch: int, last_row: dict | None = None):
-        self.path = path
+    def __init__(self, path: Path, start_epoch: int, last_row: dict | None = None, write: bool = True):
+        self.path, self.write = path, write  # write=False: a DDP process other than rank 0 keeps the rows only
         rows = [r for r in map(_json_or_none, path.read_text().splitlines() if start_epoch > 0 and path.exists() else [])
                 if isinstance(r, dict) and r.get("epoch", start_epoch) < start_epoch]
         if last_row is not None:  # the checkpoint's own epoch comes from the checkpoint
             rows = [r for r in rows if r["epoch"] != last_row["epoch"]] + [last_row]
         self.rows = rows
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        if write:
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
+        if not self.write:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")

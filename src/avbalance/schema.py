@@ -29,6 +29,7 @@ Mode = Choice("Mode", {v: v for v in ("train", "eval")})
 CropPer = Choice("CropPer", {v: v for v in ("frame", "clip")})
 Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "mean", "probe")})
 Scheduler = Choice("Scheduler", {v: v for v in ("step", "none")})
+ConvNorm = Choice("ConvNorm", {v: v for v in ("batch", "none")})
 WandbMode = Choice("WandbMode", {v: v for v in ("offline", "online", "disabled")})
 
 
@@ -42,6 +43,14 @@ class ProbeConfig:
     enabled: bool = False             # linear probes on the frozen encoders after training
     epochs: int = 50
     lr: float = 1e-3
+
+
+@dataclass
+class DDPConfig:
+    """Multi-process training (torchrun or SLURM tasks; src/avbalance/distributed.py)."""
+    sync_batchnorm: bool = False      # BatchNorm statistics over the global batch (CUDA only)
+    find_unused_parameters: bool = False  # for a method that leaves some parameters without a gradient
+    backend: str = "auto"             # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
 
 
 @dataclass
@@ -62,6 +71,7 @@ class TrainConfig:
     data_root: str = "data"
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     skip_done: bool = False           # a run dir that already holds a finished summary.json: return at once
     mode: Mode = Mode.train           # eval: evaluate `ckpt` instead of training
     ckpt: Optional[str] = None
@@ -113,6 +123,7 @@ class ConvModel:
     name: str = MISSING
     width: int = 16
     depth: int = 2
+    norm: ConvNorm = ConvNorm.batch    # batch | none (outputs independent of the batch's other samples)
     modalities: Modalities = Modalities.both
 
 

@@ -7,14 +7,16 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from . import distributed
 from .config import resolve_device, validate
 from .errors import ConfigError, DataNotPreparedError, NonFiniteLossError
 from .diagnostics import linear_probe, missing_modality
 from .evaluate import evaluate
-from .logger import build_logger
+from .logger import NoLogger, build_logger
 from .meter import DeviceMeter
 from .methods.base import Method
 from .models import build_model
@@ -39,7 +41,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None, trace: tuple = Method.trace) -> list[tuple]:
+def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None, trace: tuple = Method.trace,
+               write: bool = True) -> list[tuple]:
     """Per-step modulation trace, one column per key of the method's `trace`; on resume, rows of
     epochs >= start_epoch and unreadable rows are dropped, and the checkpoint's own epoch is taken
     from the checkpoint."""
@@ -56,40 +59,83 @@ def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None, tra
     if last_steps:  # the checkpoint's own epoch comes from the checkpoint: its lines may be cut
         rows = [r for r in rows if r[0] != last_steps[0][0]] + [tuple(r) for r in last_steps]
     header = ",".join(["epoch", "step"] + [k.removeprefix("mod/") for k in trace])
-    atomic_write_text(path, header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    if write:  # under DDP only rank 0 writes; every process keeps the rows
+        atomic_write_text(path, header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return rows
+
+
+class Forward(nn.Module):
+    """encode -> the method's feature transform -> fuse: the part of a step that DDP wraps (its
+    forward prepares the gradient all-reduce that the backward then runs)."""
+
+    def __init__(self, model: nn.Module, method: Method):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, batch, epoch: int):
+        feats = self.model.encode(batch.audio, batch.visual)
+        feats = self.method.transform_features(feats, batch, epoch)
+        return self.model.fuse(feats)
+
+
+def check_ddp(cfg, env: distributed.Env, device: torch.device, data) -> None:
+    method = METHODS.get(cfg.modulation.name)
+    if not method.supports_ddp:
+        ok = [m for m in METHODS.names() if METHODS.get(m).supports_ddp]
+        raise ConfigError(f"modulation={cfg.modulation.name} does not support multi-process training ({env.world} processes); "
+                          f"expected one process or modulation={' | '.join(ok)}")
+    if cfg.ddp.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("ddp.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); set ddp.sync_batchnorm=false")
+    if cfg.batch_size < env.world:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch, shared by {env.world} processes; "
+                          f"expected batch_size >= {env.world}")
+    if data.num_rows("train") < env.world:
+        raise ConfigError(f"dataset '{cfg.dataset.name}': {data.num_rows('train')} train rows for {env.world} processes; "
+                          f"expected at least one row per process")
 
 
 def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict:
     """Train one run into `run_dir`; returns the summary. `callbacks(epoch, row)` run after each
-    epoch's checkpoint is written (tests use them to interrupt a run)."""
+    epoch's checkpoint is written (tests use them to interrupt a run). Under torchrun every process
+    calls this; rank 0's `run_dir` is used and only rank 0 writes (distributed.py)."""
     validate(cfg)
-    device = resolve_device(cfg.device)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    env, device = distributed.setup(resolve_device(cfg.device), cfg.ddp.backend)
+    main = env.main
+    run_dir = Path(distributed.broadcast(str(run_dir)))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        log.setLevel(logging.WARNING)  # one copy of the epoch lines: rank 0's
     ckpt_dir = run_dir / "ckpt"
     choices = dict(choices or {})
 
+    shard = {"rank": env.rank, "world": env.world} if env.world > 1 else {}  # each process its share of every batch
     data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size,
-                                            num_workers=cfg.num_workers, device=device)
+                                            num_workers=cfg.num_workers, device=device, **shard)
+    if env.world > 1:
+        check_ddp(cfg, env, device, data)
     if data.num_batches(data.selection_split) == 0:
         raise ConfigError(f"dataset '{cfg.dataset.name}': the selection split '{data.selection_split}' is empty; expected at "
                           f"least one clip to select the epoch on (set dataset.selection_split=<a split with clips>)")
     torch.manual_seed(cfg.seed)  # model init depends on the seed only, not on what came before
     model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)
+    if cfg.ddp.sync_batchnorm and env.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     method = METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)
     data = method.prepare_data(data)  # e.g. a held-out part of train (G-Blending); usually `data` itself
     optimizer = build_optimizer(cfg.optim, method.param_groups(model))
     scheduler = build_scheduler(cfg.optim, optimizer)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
     ctx = {"model": model, "data": data, "optimizer": optimizer, "run_dir": run_dir}  # what the method's hooks see
+    forward = Forward(model, method)
+    if env.world > 1:  # gradients averaged over processes during backward, before the method edits them
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                                      find_unused_parameters=cfg.ddp.find_unused_parameters)
 
     def step(batch, epoch):
         """The standard training step (a method's `train_step` may replace or wrap it)."""
         with autocast():
-            feats = model.encode(batch.audio, batch.visual)
-            feats = method.transform_features(feats, batch, epoch)
-            out = model.fuse(feats)
+            out = forward(batch, epoch)
             loss, logs = method.loss(out, batch, epoch)
         optimizer.zero_grad(set_to_none=True)
         method.backward(loss)
@@ -116,12 +162,13 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             best = load_checkpoint(ckpt_dir / "best.pt", map_location="cpu")["best"]
         log.info("resumed from %s at epoch %d", last, start_epoch)
     else:
-        atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(run_dir / "meta.json", meta(device, choices, cfg.seed))
+        if main:
+            atomic_write_text(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_json(run_dir / "meta.json", meta(device, choices, cfg.seed) | {"processes": env.world})
         method.pretrain(ctx)  # a fresh run only: what it makes is in the checkpoints or under run_dir
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch, last_log.get("row"))
-    steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"), method.trace)
-    logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    metrics = MetricsLog(run_dir / "metrics.jsonl", start_epoch, last_log.get("row"), write=main)
+    steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"), method.trace, write=main)
+    logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True)) if main else NoLogger()
     sel = data.selection_split
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -132,7 +179,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         n_seen = 0
         bar = tqdm(data.train_batches(epoch, device), total=data.num_batches("train"), desc=f"epoch {epoch}",
-                   leave=False, disable=None, file=sys.stderr)  # disable=None: quiet when not a terminal
+                   leave=False, disable=None if main else True, file=sys.stderr)  # None: quiet when not a terminal
         for batch in bar:
             loss, logs = method.train_step(step, batch, epoch, ctx)
             meter.add(logs)
@@ -140,7 +187,11 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             n_seen += len(batch)
         if n_seen == 0:
             raise DataNotPreparedError(f"the train split of dataset '{cfg.dataset.name}' gave no batch; prepare it again (see data_prep/README.md)")
-        means, traces = meter.read()  # the epoch's one host sync of the training metrics
+        means, traces = meter.read(distributed.all_mean)  # the epoch's one host sync of the training metrics
+        if env.world > 1:  # every process stops together; samples/s counts all of them
+            nonfinite = distributed.all_max(nonfinite.float()).bool()
+            n_seen = int(distributed.all_sum(torch.tensor(n_seen, device=device)).item())
+            distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as in its checkpoint
         if nonfinite.item():
             kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
             raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, {kept} (try a lower optim.lr or precision=fp32)")
@@ -157,16 +208,20 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         new_steps = [(epoch, i, *vals) for i, vals in enumerate(zip(*(traces[k] for k in method.trace)))]
         if val["acc"] > best["acc"]:
             best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}
-            save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
-        save_checkpoint(ckpt_dir / "last.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device),
-            "log": {"row": row, "steps": new_steps}})
+            if main:
+                save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
+        if main:
+            save_checkpoint(ckpt_dir / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device),
+                "log": {"row": row, "steps": new_steps}})
+        distributed.barrier()  # the other processes read these checkpoints (resume, the final test)
         # logs after the checkpoint, which also holds them: a crash in between (or a truncated
         # line) is repaired from the checkpoint on resume
         metrics.append(row)
-        with open(run_dir / "steps.csv", "a") as f:
-            f.writelines(",".join(map(str, r)) + "\n" for r in new_steps)
+        if main:
+            with open(run_dir / "steps.csv", "a") as f:
+                f.writelines(",".join(map(str, r)) + "\n" for r in new_steps)
         steps += new_steps
         logger.log(row, step=epoch)
         brief = " ".join(f"{label} {row[key + '_mean']:.3f}" for label, key in method.brief.items())
@@ -195,8 +250,9 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     if cfg.probe.enabled:
         summary.update(linear_probe(model, data, device, epochs=cfg.probe.epochs, lr=cfg.probe.lr, seed=cfg.seed,
                                     precision=cfg.precision))
-    write_json(run_dir / "summary.json", summary)
-    plot_run(metrics.rows, steps, run_dir / "curves.png", method.trace)
+    if main:
+        write_json(run_dir / "summary.json", summary)
+        plot_run(metrics.rows, steps, run_dir / "curves.png", method.trace)
     logger.finish()
     return summary
 

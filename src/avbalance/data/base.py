@@ -54,6 +54,19 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return g
 
 
+def rank_batches(order, batch_size: int, rank: int = 0, world: int = 1) -> list:
+    """The epoch's batches: `order` (a tensor or array of rows) cut into batches of `batch_size`,
+    the last one partial as in the reference. Under DDP `batch_size` is the global batch and each
+    process keeps its share of every batch, rows rank, rank + world, ...: every row is seen once
+    per epoch and the processes together hold the one-process batches. A last batch with fewer
+    rows than processes joins the one before it, so that no process gets an empty batch."""
+    n = len(order)
+    starts = list(range(0, n, batch_size))
+    if world > 1 and len(starts) > 1 and n - starts[-1] < world:
+        starts.pop()
+    return [order[s:e][rank::world] for s, e in zip(starts, starts[1:] + [n])]
+
+
 def subset_rows(n: int, fraction: float, seed: int, epoch: int = 0, stream: int = 101) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random `fraction` of the rows 0..n-1 and the rest, each sorted: (chosen, rest).
     Depends only on (seed, epoch, stream), so it is the same after a resume."""

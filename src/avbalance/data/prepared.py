@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, DataNotPreparedError
 from ..registry import DATASETS
-from .base import Batch, epoch_generator
+from .base import Batch, epoch_generator, rank_batches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -289,8 +289,9 @@ def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the DataModule
 
 class PreparedData:
-    def __init__(self, cfg, *, seed: int, batch_size: int, num_workers: int = 0, device=None):
+    def __init__(self, cfg, *, seed: int, batch_size: int, num_workers: int = 0, device=None, rank: int = 0, world: int = 1):
         self.name, self.root = cfg.name, Path(cfg.root)
+        self.rank, self.world = rank, world
         if not (self.root / "manifest.json").exists():
             raise DataNotPreparedError(f"dataset '{self.name}' is not prepared at {self.root}: run `{cfg.prep_command}`")
         manifest = json.loads((self.root / "manifest.json").read_text())
@@ -355,7 +356,7 @@ class PreparedData:
     def num_batches(self, split: str) -> int:
         return -(-self.num_rows(split) // self.batch_size)
 
-    def _reader(self, split: str, order: np.ndarray, frame_policy: str, audio_random: bool, g) -> EpochReader:
+    def _reader(self, split: str, batches: list[np.ndarray], frame_policy: str, audio_random: bool, g) -> EpochReader:
         a = self.arrays[split]
         n_stored = np.asarray(a.a["n_frames"])
         frame_pos = pick_frames(n_stored, self.frames, frame_policy, g)        # [N, frames], by row
@@ -364,7 +365,6 @@ class PreparedData:
             start = torch.randint(0, spare + 1, (len(n_stored),), generator=g).numpy()
         else:
             start = np.full(len(n_stored), spare // 2)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return EpochReader(a, batches, frame_pos, start, self.audio_len)
 
     def _cpu_batches(self, reader: EpochReader, device: torch.device):
@@ -385,8 +385,9 @@ class PreparedData:
         device = torch.device(device or self.device)
         rows = self.rows["train"] if rows is None else self.rows["train"][np.asarray(rows)]
         order = rows[torch.randperm(len(rows), generator=epoch_generator(self.seed, epoch, STREAM_ORDER)).numpy()]
-        reader = self._reader("train", order, self.frame_selection, True, epoch_generator(self.seed, epoch, STREAM_PICK))
-        g = epoch_generator(self.seed, epoch, STREAM_AUG)
+        reader = self._reader("train", rank_batches(order, self.batch_size, self.rank, self.world), self.frame_selection,
+                              True, epoch_generator(self.seed, epoch, STREAM_PICK))
+        g = epoch_generator(self.seed, epoch, STREAM_AUG + 1000 * self.rank)  # DDP: each process its own crops
         for b in self._cpu_batches(reader, device):
             B, T, H, W, _ = b["frames"].shape
             k = B * T if self.crop_per == "frame" else B                        # one crop per frame or per clip
@@ -405,12 +406,13 @@ class PreparedData:
             raise ConfigError(f"dataset '{self.name}' has no split '{split}' at {self.root} (splits: {', '.join(self.split_names)})")
         policy = "even" if self.frame_selection == "random" else self.frame_selection  # eval never draws frames
         order = self.rows[split] if rows is None else self.rows[split][np.asarray(rows)]
-        reader = self._reader(split, order, policy, False, None)
+        reader = self._reader(split, [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)],
+                              policy, False, None)
         for b in self._cpu_batches(reader, device):
             b = self._to_device(b, device)
             yield Batch(self._audio(b["audio"]), eval_frames(b["frames"], self.image_size), b["label"], b["index"])
 
 
 @DATASETS.register("prepared")
-def build(cfg_dataset, *, seed: int, batch_size: int, num_workers: int = 0, device=None) -> PreparedData:
-    return PreparedData(cfg_dataset, seed=seed, batch_size=batch_size, num_workers=num_workers, device=device)
+def build(cfg_dataset, **kw) -> PreparedData:
+    return PreparedData(cfg_dataset, **kw)

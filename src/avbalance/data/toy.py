@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import DATASETS
-from .base import Batch, epoch_generator
+from .base import Batch, epoch_generator, rank_batches
 
 SPLIT_STREAMS = {"train": 1, "val": 2, "test": 3}
 
@@ -57,8 +57,8 @@ def make_toy(cfg, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torc
 class ToyData:
     name = "toy"
 
-    def __init__(self, cfg, *, seed: int, batch_size: int, device: torch.device, **_):
-        self.seed, self.batch_size = seed, batch_size
+    def __init__(self, cfg, *, seed: int, batch_size: int, device: torch.device, rank: int = 0, world: int = 1, **_):
+        self.seed, self.batch_size, self.rank, self.world = seed, batch_size, rank, world
         self.num_classes = int(cfg.num_classes)
         self.class_names = [f"class{i}" for i in range(self.num_classes)]
         self.selection_split = cfg.selection_split
@@ -74,19 +74,21 @@ class ToyData:
     def num_batches(self, split: str) -> int:
         return -(-self.num_rows(split) // self.batch_size)
 
-    def _batches(self, split: str, order: torch.Tensor):
+    def _batches(self, split: str, batches: list[torch.Tensor]):
         audio, visual, label = self.data[split]
-        order = order.to(label.device)
-        for idx in order.split(self.batch_size):  # last partial batch kept, as the reference
+        for idx in batches:
+            idx = idx.to(label.device)
             yield Batch(audio[idx], visual[idx], label[idx], idx)
 
     def train_batches(self, epoch: int, device=None, rows: torch.Tensor | None = None):
         n = self.num_rows("train") if rows is None else len(rows)
         order = torch.randperm(n, generator=epoch_generator(self.seed, epoch))
-        return self._batches("train", order if rows is None else rows[order])
+        order = order if rows is None else rows[order]
+        return self._batches("train", rank_batches(order, self.batch_size, self.rank, self.world))
 
     def eval_batches(self, split: str, device=None, rows: torch.Tensor | None = None):
-        return self._batches(split, torch.arange(self.num_rows(split)) if rows is None else rows)
+        order = torch.arange(self.num_rows(split)) if rows is None else torch.as_tensor(rows)
+        return self._batches(split, list(order.split(self.batch_size)))
 
 
 @DATASETS.register("toy")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from omegaconf import MISSING
 
+from .. import distributed
 from ..data.base import Batch
 from ..errors import ConfigError
 from ..models.fusion import FusionOutput
@@ -81,6 +82,7 @@ class Method:
     Config = MethodConfig
     fusions: tuple[str, ...] | None = None  # the fusions it supports; None: every one
     needs_two_modalities = False            # True: refused with model.modalities=audio|visual
+    supports_ddp = True                     # False: refused under torchrun/SLURM with more than one process
     trace = ("mod/ratio", "mod/coeff_audio", "mod/coeff_visual")  # per-step steps.csv columns
     brief = {"k_a": "mod/coeff_audio", "k_v": "mod/coeff_visual"}  # the epoch log line's labels
 
@@ -92,10 +94,10 @@ class Method:
         self.cfg, self.device, self.seed = cfg, device, seed
         self.one = torch.ones((), device=device)
 
-    # batch statistics go through here; under DDP this becomes an all-reduce so that the
-    # statistics (and so the coefficients) equal those of one process on the global batch
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        """Batch statistics that are SUMS over samples go through here: under DDP an all-reduce, so
+        that the statistics (and so the coefficients) equal those of one process on the global batch."""
+        return distributed.all_sum(x)
 
     def param_groups(self, model: AVClassifier) -> list[dict]:
         """Modality-keyed groups, so that learning-rate methods (MSLR) can address each one."""

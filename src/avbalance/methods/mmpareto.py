@@ -77,6 +77,9 @@ class MMPareto(Multitask):
     Config = MMParetoConfig
     trace = ("mod/ratio", "mod/cos_audio", "mod/cos_visual", "mod/k_mm_audio", "mod/k_mm_visual")
     brief = {"cos_a": "mod/cos_audio", "cos_v": "mod/cos_visual"}
+    # its backward takes per-modality gradients with autograd.grad, which DDP's gradient all-reduce
+    # never sees: each process would step with its own gradients and the replicas would drift apart
+    supports_ddp = False
 
     @staticmethod
     def check_config(m) -> None:

@@ -107,6 +107,7 @@ class UMT(Method):
     needs_two_modalities = True
     trace = ("mod/ratio", "mod/distill_audio", "mod/distill_visual")
     brief = {"d_a": "mod/distill_audio", "d_v": "mod/distill_visual"}
+    supports_ddp = False  # its teachers are trained by a loop of its own, which has no gradient all-reduce
 
     @staticmethod
     def check_config(m) -> None:

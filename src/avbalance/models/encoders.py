@@ -20,12 +20,14 @@ def _resnet18_trunk(in_channels: int) -> nn.Module:
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
-def _small_trunk(in_channels: int, width: int, depth: int) -> nn.Module:
-    """`depth` strided conv blocks, width doubling each block: a CPU-sized conv net."""
+def _small_trunk(in_channels: int, width: int, depth: int, norm: str = "batch") -> nn.Module:
+    """`depth` strided conv blocks, width doubling each block: a CPU-sized conv net. norm="none":
+    no BatchNorm (a sample's output does not depend on its batch; the DDP tests use it)."""
     layers, c_in = [], in_channels
     for i in range(depth):
         c_out = width * 2**i
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        bn = nn.BatchNorm2d(c_out) if norm == "batch" else nn.Identity()
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=norm != "batch"), bn, nn.ReLU(inplace=True)]
         c_in = c_out
     return nn.Sequential(*layers)
 
@@ -58,13 +60,14 @@ def resnet18_pair(**_) -> dict[str, nn.Module]:
 
 
 @ENCODERS.register("tiny")
-def tiny_pair(width: int = 16, depth: int = 2, **_) -> dict[str, nn.Module]:
+def tiny_pair(width: int = 16, depth: int = 2, norm: str = "batch", **_) -> dict[str, nn.Module]:
     """Two blocks: enough for the toy textures, seconds on a CPU."""
     out = width * 2 ** (depth - 1)
-    return {"audio": AudioEncoder(_small_trunk(1, width, depth), out), "visual": VisualEncoder(_small_trunk(3, width, depth), out)}
+    return {"audio": AudioEncoder(_small_trunk(1, width, depth, norm), out),
+            "visual": VisualEncoder(_small_trunk(3, width, depth, norm), out)}
 
 
 @ENCODERS.register("small")
-def small_pair(width: int = 16, depth: int = 4, **_) -> dict[str, nn.Module]:
+def small_pair(width: int = 16, depth: int = 4, norm: str = "batch", **_) -> dict[str, nn.Module]:
     """Four blocks: a receptive field that covers a spoken digit's spectrogram or an MNIST digit."""
-    return tiny_pair(width, depth)
+    return tiny_pair(width, depth, norm)

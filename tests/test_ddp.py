@@ -1,0 +1,224 @@
+"""Multi-process training (DDP) and the sweep launchers.
+
+Fast: each process's share of the batches, the refusals, the launcher configs. Slow: `torchrun
+--nproc_per_node=2` on the CPU (gloo) through train.py, compared with one process on the same
+global batches: OGM-GE's coefficients, the replicas' weights, the gathered test predictions, the
+run directory, and a resume; a joblib-launched sweep."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from avbalance import distributed, schema
+from avbalance.data.base import rank_batches
+from avbalance.data.prepared import PreparedData
+from avbalance.data.toy import ToyData
+from avbalance.errors import ConfigError
+from avbalance.trainer import check_ddp, train
+
+from conftest import CONFIG_DIR, ROOT, make_cfg
+from test_prepared_loader import cfg as prepared_cfg, make_dataset
+
+
+# --- each process's share ------------------------------------------------------------------------
+@pytest.mark.parametrize("n,bs,world", [(100, 16, 2), (10, 4, 3), (65, 64, 2), (7, 8, 4), (64, 16, 4), (5, 3, 3)])
+def test_rank_batches_cover_every_row_once_and_rebuild_the_one_process_batches(n, bs, world):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    one = rank_batches(order, bs)
+    assert [len(b) for b in one] == [min(bs, n - s) for s in range(0, n, bs)]  # world 1: the reference's batches
+    shares = [rank_batches(order, bs, r, world) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1  # every process takes the same number of steps
+    seen = torch.cat([b for s in shares for b in s])
+    assert sorted(seen.tolist()) == list(range(n))  # each row once per epoch
+    for k in range(len(shares[0])):
+        assert all(len(s[k]) > 0 for s in shares)  # no process gets an empty batch
+        merged = set(torch.cat([s[k] for s in shares]).tolist())
+        if k < len(shares[0]) - 1:  # the global batch k is the one-process batch k
+            assert merged == set(one[k].tolist())
+    sizes = [len(s[k]) for s in shares for k in range(len(s))]
+    assert max(sizes) <= -(-bs // world) + world  # a share is about batch/world (the last may hold the tail)
+
+
+def test_rank_batches_fold_a_tail_smaller_than_the_processes_into_the_batch_before():
+    order = np.arange(9)  # batches 4, 4, 1: the 1-row tail cannot be shared by 2 processes
+    assert [b.tolist() for b in rank_batches(order, 4, 0, 2)] == [[0, 2], [4, 6, 8]]
+    assert [b.tolist() for b in rank_batches(order, 4, 1, 2)] == [[1, 3], [5, 7]]
+    assert [b.tolist() for b in rank_batches(order, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_toy_and_prepared_data_give_each_process_its_share(tmp_path):
+    cfg = make_cfg("dataset.n_train=50")
+    kw = dict(seed=3, batch_size=8, device=torch.device("cpu"))
+    one = [b.index for b in ToyData(cfg.dataset, **kw).train_batches(0)]
+    parts = [[b.index for b in ToyData(cfg.dataset, rank=r, world=2, **kw).train_batches(0)] for r in range(2)]
+    assert [torch.cat([p[k] for p in parts]).sort().values.tolist() for k in range(len(one))] == \
+           [b.sort().values.tolist() for b in one]
+    assert len(torch.cat(parts[0])) == 25 and not set(torch.cat(parts[0]).tolist()) & set(torch.cat(parts[1]).tolist())
+
+    root = make_dataset(tmp_path / "data", splits=(("train", 21), ("test", 5)), skip=())
+    one = [b.index for b in PreparedData(prepared_cfg(root), seed=1, batch_size=6).train_batches(0)]
+    parts = [[b.index for b in PreparedData(prepared_cfg(root), seed=1, batch_size=6, rank=r, world=2).train_batches(0)]
+             for r in range(2)]
+    assert [torch.cat([p[k] for p in parts]).sort().values.tolist() for k in range(len(one))] == \
+           [b.sort().values.tolist() for b in one]
+
+
+# --- refusals --------------------------------------------------------------------------------------
+class _Data:
+    def __init__(self, n):
+        self.n = n
+
+    def num_rows(self, split):
+        return self.n
+
+
+TWO = distributed.Env(rank=0, world=2)
+
+
+def test_ddp_refuses_a_method_whose_own_backward_bypasses_the_gradient_all_reduce():
+    with pytest.raises(ConfigError, match=r"modulation=mmpareto does not support multi-process training \(2 processes\).*ogm_ge"):
+        check_ddp(make_cfg("modulation=mmpareto"), TWO, torch.device("cpu"), _Data(100))
+    check_ddp(make_cfg("modulation=ogm_ge"), TWO, torch.device("cpu"), _Data(100))  # accepted
+
+
+def test_ddp_refuses_sync_batchnorm_without_cuda_and_fewer_rows_than_processes():
+    with pytest.raises(ConfigError, match=r"ddp.sync_batchnorm=true needs CUDA"):
+        check_ddp(make_cfg("ddp.sync_batchnorm=true"), TWO, torch.device("cpu"), _Data(100))
+    with pytest.raises(ConfigError, match=r"1 train rows for 2 processes"):
+        check_ddp(make_cfg(), TWO, torch.device("cpu"), _Data(1))
+    with pytest.raises(ConfigError, match=r"batch_size=1 is the global batch.*2 processes"):
+        check_ddp(make_cfg("batch_size=1"), TWO, torch.device("cpu"), _Data(100))
+
+
+def test_single_process_helpers_are_identities():
+    x = torch.tensor([1.0, 2.0])
+    assert not distributed.active()
+    assert distributed.all_sum(x) is x and distributed.all_mean(x) is x and distributed.gather(5) == [5]
+    assert distributed.broadcast("a") == "a" and distributed.env() == distributed.Env(0, 1, 0)
+
+
+# --- launcher configs ------------------------------------------------------------------------------
+def hydra_cfg(*overrides):
+    schema.register()
+    with initialize_config_dir(version_base=None, config_dir=str(CONFIG_DIR)):
+        return compose("train", overrides=list(overrides), return_hydra_config=True).hydra
+
+
+def test_slurm_launcher_config_composes_with_one_task_per_gpu():
+    launcher = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4").launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == ("gpu", 4, 4, 1)
+
+
+def test_pack_launcher_config_is_joblib():
+    launcher = hydra_cfg("hydra/launcher=pack", "hydra.launcher.n_jobs=3").launcher
+    assert launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert launcher.n_jobs == 3
+
+
+# --- two processes on the CPU ----------------------------------------------------------------------
+RUN = ["dataset.n_train=100", "dataset.n_val=32", "dataset.n_test=33", "dataset.spec_shape=[16,12]",
+       "dataset.image_size=12", "model.width=4", "model.norm=none", "batch_size=16", "device=cpu",
+       "modulation=ogm_ge", "modulation.alpha=0.5"]  # no BatchNorm: a sample's output does not depend on its batch
+
+
+def torchrun(cwd: Path, dump: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(dump), *args]
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def steps(run: Path) -> np.ndarray:
+    return np.loadtxt(run / "steps.csv", delimiter=",", skiprows=1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    work = base / "cwd"
+    work.mkdir()
+    ddp = torchrun(work, base / "dump", *RUN, "epochs=2", f"hydra.run.dir={base / 'ddp'}")
+    torchrun(work, base / "dump_r1", *RUN, "epochs=1", f"hydra.run.dir={base / 'resumed'}")
+    torchrun(work, base / "dump_r", "resume=true", f"hydra.run.dir={base / 'resumed'}", "epochs=2")
+    one = train(make_cfg(*RUN, "epochs=2", tiny=False), base / "one")
+    return {"base": base, "work": work, "stderr": ddp.stderr, "one_summary": one}
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_coefficients(runs):
+    two, one = steps(runs["base"] / "ddp"), steps(runs["base"] / "one")
+    assert two.shape == one.shape == (2 * 7, 5)  # 100 rows, global batch 16: 7 steps per epoch
+    assert (one[:, 3:] < 1).any()  # OGM damped some step (else equal coefficients say little)
+    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)  # ratio, k_audio, k_visual per step
+
+
+@pytest.mark.slow
+def test_replicas_stay_identical_with_ge_noise(runs):
+    r0, r1 = (torch.load(runs["base"] / "dump" / f"rank{r}.pt") for r in range(2))
+    assert r0["world"] == r1["world"] == 2 and {r0["local_rank"], r1["local_rank"]} == {0, 1}
+    for k, v in r0["trained"].items():  # after the last epoch's steps, before any reload
+        assert torch.equal(v, r1["trained"][k]), k
+    last = torch.load(runs["base"] / "ddp" / "ckpt" / "last.pt")["model"]  # rank 0's, written after that
+    assert all(torch.equal(last[k], v) for k, v in r0["trained"].items())
+    best = torch.load(runs["base"] / "ddp" / "ckpt" / "best.pt")["model"]  # the test reloads the selected weights
+    assert all(torch.equal(best[k], v) and torch.equal(r1["state"][k], v) for k, v in r0["state"].items())
+
+
+@pytest.mark.slow
+def test_evaluation_gathers_every_test_sample_once(runs):
+    dumps = [torch.load(runs["base"] / "dump" / f"rank{r}.pt") for r in range(2)]
+    assert dumps[1]["pred"]["index"].tolist() == list(range(33))  # gathered: every row once, in order
+    # each process evaluated its own share of the rows: 33 test rows = 17 + 16, read 4 times (the
+    # last checkpoint, the selected one, and once with each input zeroed) -> 4 x share
+    assert [d["eval_rows"]["test"] for d in dumps] == [4 * 17, 4 * 16]
+    assert [d["eval_rows"]["val"] for d in dumps] == [2 * 16, 2 * 16]  # one pass per epoch
+    summary = json.loads((runs["base"] / "ddp" / "summary.json").read_text())
+    one = runs["one_summary"]
+    assert abs(summary["test/acc"] - one["test/acc"]) <= 1 / 33 + 1e-9  # float noise may flip one near-tie at most
+
+
+@pytest.mark.slow
+def test_only_rank_zero_writes(runs):
+    ddp, one = runs["base"] / "ddp", runs["base"] / "one"
+    assert sorted(p.name for p in ddp.iterdir() if p.name not in (".hydra",)) == \
+           sorted(p.name for p in one.iterdir()) + ["train.log"]
+    assert list(runs["work"].iterdir()) == []  # no run directory of another rank beside the real one
+    log = (ddp / "train.log").read_text()
+    assert log.count("epoch 0 ") == 1 and log.count("epoch 1 ") == 1
+    assert json.loads((ddp / "meta.json").read_text())["processes"] == 2
+    assert len((ddp / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((ddp / "steps.csv").read_text().splitlines()) == 1 + 2 * 7  # header + one line per step, once
+
+
+@pytest.mark.slow
+def test_resume_under_ddp_continues_the_same_run(runs):
+    full, resumed = steps(runs["base"] / "ddp"), steps(runs["base"] / "resumed")
+    np.testing.assert_allclose(resumed, full, rtol=1e-6, atol=1e-7)
+    a = torch.load(runs["base"] / "dump" / "rank0.pt")["trained"]
+    b = torch.load(runs["base"] / "dump_r" / "rank1.pt")["trained"]  # the weights after epoch 1 of each run
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_a_two_run_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=pack", "seed=0,1", "epochs=1",
+                        "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16", "model.width=4",
+                        f"hydra.sweep.dir={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    summaries = sorted(out.glob("*/summary.json"))
+    assert [json.loads(s.read_text())["seed"] for s in summaries] == [0, 1]
+    assert all(json.loads(s.read_text())["status"] == "ok" for s in summaries)
+    shutil.rmtree(out)
