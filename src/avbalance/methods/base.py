@@ -97,6 +97,13 @@ class Method:
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def scores(self, out: FusionOutput, label: torch.Tensor) -> torch.Tensor:
+        """[2] (s_audio, s_visual) of this step's output, reduced once and kept on `out`: the loss
+        logs them and a method that modulates by them (OGM) reads the same tensor after backward."""
+        if out.scores is None:
+            out.scores = self.reduce(modality_scores(out, label))
+        return out.scores
+
     def param_groups(self, model: AVClassifier) -> list[dict]:
         """Modality-keyed groups, so that learning-rate methods (MSLR) can address each one."""
         groups = [{"params": model.encoder_params(m), "modality": m} for m in MODALITIES]
@@ -133,7 +140,7 @@ class Method:
         if out.probe:  # probes (detached) or unimodal heads learn from their own loss
             loss = loss + F.cross_entropy(out.logits_audio, y) + F.cross_entropy(out.logits_visual, y)
         with torch.no_grad():
-            s = self.reduce(modality_scores(out, y))
+            s = self.scores(out, y)
             logs = {
                 "train/loss": loss.detach(),
                 "train/loss_audio": F.cross_entropy(out.logits_audio, y),
