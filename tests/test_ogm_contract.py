@@ -55,8 +55,9 @@ def old_modulate_(grads, k, generator=None):
         torch._foreach_mul_(grads, k)
         return
     sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8
-    owner = torch.repeat_interleave(torch.tensor([g.numel() for g in grads]))
-    noise = torch.randn(owner.shape, generator=generator, dtype=grads[0].dtype) * sigma.to(grads[0].dtype)[owner]
+    owner = torch.repeat_interleave(torch.tensor([g.numel() for g in grads])).to(grads[0].device)
+    noise = torch.randn(owner.shape, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
+    noise = noise * sigma.to(grads[0].dtype)[owner]
     torch._foreach_mul_(grads, k)
     torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split([g.numel() for g in grads]), grads)])
 
