@@ -29,8 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omegaconf import MISSING
-
 from ..data.base import Batch
 from ..errors import ConfigError
 from ..models.fusion import FusionOutput
@@ -73,7 +71,7 @@ def check_epoch_window(m: Any) -> None:
 @dataclass
 class MethodConfig:
     """A method's config schema; a method with settings subclasses it as its `Config`."""
-    name: str = MISSING
+    name: str = "???"  # omegaconf.MISSING (required), spelled out: methods import without omegaconf
 
 
 class Method:

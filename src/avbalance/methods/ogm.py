@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from ..schema import Choice
+from ..choice import Choice
 from .base import MODALITIES, Method, MethodConfig
 
 Scope = Choice("Scope", {v: v for v in ("conv", "all")})
