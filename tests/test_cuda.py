@@ -30,13 +30,15 @@ def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeyp
     root = make_dataset(tmp_path / "data", splits=(("train", 40), ("val", 9), ("test", 9)), skip=())
     steps = []
 
-    def guarded_loop(iterable, **_):  # stands in for tqdm: from the second step on, syncs raise
-        for batch in iterable:
+    def guarded_loop(iterable, **_):  # stands in for tqdm: from the second step on, syncs raise,
+        it = iter(iterable)              # in the step and in fetching the next batch (the data path)
+        for batch in it:
             steps.append(batch)
-            if len(steps) == 1:
-                yield batch  # the first step builds GE's cached index and cudnn's plans
-                continue
-            with SyncErrors():
+            yield batch  # the first step makes GE's noise buffer and cudnn's plans
+            break
+        with SyncErrors():
+            for batch in it:
+                steps.append(batch)
                 yield batch
     monkeypatch.setattr(trainer_module, "tqdm", guarded_loop)
     real_eval = PreparedData.eval_batches
@@ -53,6 +55,38 @@ def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeyp
                    tiny=False)
     summary = train(cfg, tmp_path / "run")
     assert len(steps) == 2 * 5 and 0 <= summary["test/acc"] <= 1
+
+
+@pytest.mark.parametrize("crop_per", ["frame", "clip"])
+def test_train_batches_never_sync(tmp_path, crop_per):
+    # the data path on its own: the read, the pinned copies, the crop boxes and flips and the
+    # normalisation of every batch after the first (which starts the reader, caches the constants)
+    from test_prepared_loader import cfg as data_cfg
+    data = PreparedData(data_cfg(make_dataset(tmp_path / "data"), crop_per=crop_per), seed=0, batch_size=4)
+    it = data.train_batches(0, torch.device("cuda"))
+    first = next(it)
+    n = 1
+    with SyncErrors():
+        for batch in it:
+            n += 1
+            assert batch.visual.is_cuda and batch.audio.is_cuda and batch.label.is_cuda
+    assert first.visual.is_cuda and n == data.num_batches("train") > 2
+
+
+def test_ge_noise_buffer_draws_what_randn_drew_on_cuda():
+    # the flat buffer refilled by normal_ gives the values torch.randn(n) gave (the owner-index form)
+    from test_ogm_contract import _grads, old_modulate_
+    from avbalance.methods.ogm import modulate_
+    a = [g.cuda() for g in _grads(torch.float32)]
+    b = [g.clone() for g in a]
+    buf = torch.empty(500, device="cuda")
+    k = torch.tensor(0.5, device="cuda")
+    ga, gb = (torch.Generator(device="cuda").manual_seed(3) for _ in range(2))
+    for _ in range(2):
+        old_modulate_(a, k, ga)
+        with SyncErrors():
+            modulate_(b, k, gb, buf)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_bf16_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tmp_path, monkeypatch):

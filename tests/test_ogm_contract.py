@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from avbalance.methods.ogm import modulate_, noise_owner, ogm_coefficients
+from avbalance.methods.ogm import modulate_, ogm_coefficients
 
 
 def oracle_ge(grads, k, seed):
@@ -47,13 +47,34 @@ def test_ge_adds_exactly_the_seeded_noise(dtype):
     assert torch.allclose(grads[1].flatten(), 1e-8 * z, rtol=1e-5, atol=0)
 
 
-def test_ge_with_a_precomputed_owner_index_is_the_same():
-    a, b = _grads(torch.float64), _grads(torch.float64)
+def old_modulate_(grads, k, generator=None):
+    """The owner-index GE this project had before the flat noise buffer (kept here as the oracle of
+    bit-identity): one randn over all elements, sigma gathered per element by an int64 index."""
+    k = k.to(grads[0].dtype)
+    if generator is None:
+        torch._foreach_mul_(grads, k)
+        return
+    sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8
+    owner = torch.repeat_interleave(torch.tensor([g.numel() for g in grads])).to(grads[0].device)
+    noise = torch.randn(owner.shape, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
+    noise = noise * sigma.to(grads[0].dtype)[owner]
+    torch._foreach_mul_(grads, k)
+    torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split([g.numel() for g in grads]), grads)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ge_with_a_reused_noise_buffer_is_bit_identical_to_the_owner_index_form(dtype):
+    a, b, c = _grads(dtype), _grads(dtype), _grads(dtype)
+    buf = torch.full((200,), float("nan"), dtype=dtype)  # larger than needed, stale contents
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        modulate_(a, torch.tensor(0.5), torch.Generator().manual_seed(2))
-        modulate_(b, torch.tensor(0.5), torch.Generator().manual_seed(2), noise_owner(b))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+        gen_a, gen_b, gen_c = (torch.Generator().manual_seed(2) for _ in range(3))
+        for _ in range(2):  # two steps: the buffer is refilled, the generator advances alike
+            old_modulate_(a, torch.tensor(0.5, dtype=dtype), gen_a)
+            modulate_(b, torch.tensor(0.5, dtype=dtype), gen_b, buf)
+            modulate_(c, torch.tensor(0.5, dtype=dtype), gen_c)
+    assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a, b, c))
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())
 
 
 def test_a_single_gradient_tensor():
@@ -64,19 +85,10 @@ def test_a_single_gradient_tensor():
     noisy = [g.clone()]
     modulate_(noisy, torch.tensor(0.5), torch.Generator().manual_seed(1))
     assert torch.allclose(noisy[0], oracle_ge([g], 0.5, seed=1)[0], atol=1e-12)
-    assert noise_owner([g]).tolist() == [0] * g.numel()
 
 
 def test_no_gradients_is_a_no_op():
     modulate_([], torch.tensor(0.5), torch.Generator().manual_seed(0))  # nothing to scale, no error
-
-
-def test_noise_owner_maps_each_element_to_its_tensor_on_the_gradients_device():
-    grads = [torch.empty(2, 3, device="meta"), torch.empty(1, device="meta"), torch.empty(4, device="meta")]
-    owner = noise_owner(grads)
-    assert owner.device.type == "meta" and owner.shape == (11,)
-    cpu = noise_owner([torch.zeros(2, 3), torch.zeros(1), torch.zeros(4)])
-    assert cpu.tolist() == [0] * 6 + [1] + [2] * 4
 
 
 # ----------------------------------------------------------------------------- coefficients
@@ -192,7 +204,7 @@ def test_ge_steps_follow_the_oracle_with_the_seeded_generator(seed, offset):
     model, batch = tiny_model(), tiny_batch()
     method = OGM(ogm_cfg(noise_seed_offset=offset), model, device=CPU, seed=seed)
     gen = torch.Generator().manual_seed(seed + offset)
-    for step in range(2):  # the second step reuses the cached index and continues the generator
+    for step in range(2):  # the second step reuses the noise buffer and continues the generator
         out, raw, new, logs = one_step(method, model, batch)
         k = expected_k(out, batch.label, 0.8)
         assert min(k) < 0.9
@@ -221,9 +233,41 @@ def test_a_parameter_without_gradient_is_skipped_and_the_rest_get_their_noise():
     out, raw, new, _ = one_step(method, model, batch, drop=(first_audio_conv,))
     assert first_audio_conv not in new
     assert_grads(new, expected_grads(model, raw, expected_k(out, batch.label, 0.8), gen))
-    # and a full step afterwards still follows the oracle (its own index, the same generator)
+    # and a full step afterwards still follows the oracle (the same buffer, the same generator)
     out, raw, new, _ = one_step(method, model, batch)
     assert_grads(new, expected_grads(model, raw, expected_k(out, batch.label, 0.8), gen))
+
+
+@pytest.mark.parametrize("ge", [True, False])
+def test_steps_are_bit_identical_to_the_owner_index_form_and_score_once(ge, monkeypatch):
+    # the method today against the previous after_backward (scores computed again from `out`,
+    # owner-index GE): coefficients and gradients equal bit for bit over steps
+    import avbalance.methods.base as base
+    model, batch = tiny_model(), tiny_batch()
+    method = OGM(ogm_cfg(ge=ge), model, device=CPU, seed=4)
+    gen = torch.Generator().manual_seed(4 + 7919)
+    calls = []
+    real_scores = base.modality_scores
+    monkeypatch.setattr(base, "modality_scores", lambda *a: calls.append(1) or real_scores(*a))
+    reduced = []
+    monkeypatch.setattr(method, "reduce", lambda x: reduced.append(1) or x)
+    buffers = set()
+    for step in range(3):
+        out, raw, new, logs = one_step(method, model, batch)
+        s = real_scores(out, batch.label)
+        k = ogm_coefficients(s[0], s[1], 0.8)
+        assert torch.equal(logs["mod/coeff_audio"], k[0]) and torch.equal(logs["mod/coeff_visual"], k[1])
+        want = dict(raw)
+        for m, km in zip(("audio", "visual"), k):
+            names = [n for n, p in model.named_parameters() if n.startswith(f"encoders.{m}.") and p.dim() == 4]
+            grads = [want[n].clone() for n in names]
+            old_modulate_(grads, km, gen if ge else None)
+            want.update(zip(names, grads))
+        assert all(torch.equal(new[n], want[n]) for n in new)
+        assert len(calls) == len(reduced) == step + 1  # scored and reduced once per step (loss and method)
+        if ge:
+            buffers.add(method._noise.data_ptr())
+    assert len(buffers) == (1 if ge else 0)  # GE's buffer is made on the first step, then reused
 
 
 @pytest.mark.parametrize("epoch, inside", [(1, False), (2, True), (3, True), (4, False)])

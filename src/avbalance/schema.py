@@ -8,18 +8,12 @@ A method's schema lives in its own file (`Method.Config`) and is stored here by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
-
-class Choice(str, Enum):
-    """A closed set of strings: compares, hashes and prints as its value (`cfg.precision == "bf16"`)."""
-
-    def __str__(self) -> str:
-        return self.value
+from .choice import Choice
 
 
 Precision = Choice("Precision", {v: v for v in ("fp32", "bf16")})

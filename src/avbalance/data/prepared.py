@@ -24,7 +24,6 @@ import queue
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torchvision.ops import roi_align
@@ -67,6 +66,8 @@ class SplitArrays:
         """rows [B] sorted, pos [B, T] stored-frame indices -> uint8 [B, T, H, W, 3]."""
         if not self.jpeg:
             return self.a["frames"][rows[:, None], pos]  # one gather over the memmap
+        import cv2  # JPEG-stored frames only: the loader imports without OpenCV
+
         idx = self.a["frames_index"][rows[:, None], pos]  # [B, T, 2] (offset, length)
         blob = self.a["blob"]
         out = [cv2.imdecode(blob[o:o + n], cv2.IMREAD_COLOR)[..., ::-1] for o, n in idx.reshape(-1, 2)]

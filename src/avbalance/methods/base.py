@@ -29,8 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from omegaconf import MISSING
-
 from .. import distributed
 from ..data.base import Batch
 from ..errors import ConfigError
@@ -74,7 +72,7 @@ def check_epoch_window(m: Any) -> None:
 @dataclass
 class MethodConfig:
     """A method's config schema; a method with settings subclasses it as its `Config`."""
-    name: str = MISSING
+    name: str = "???"  # omegaconf.MISSING (required), spelled out: methods import without omegaconf
 
 
 class Method:
@@ -98,6 +96,13 @@ class Method:
         """Batch statistics that are SUMS over samples go through here: under DDP an all-reduce, so
         that the statistics (and so the coefficients) equal those of one process on the global batch."""
         return distributed.all_sum(x)
+
+    def scores(self, out: FusionOutput, label: torch.Tensor) -> torch.Tensor:
+        """[2] (s_audio, s_visual) of this step's output, reduced once and kept on `out`: the loss
+        logs them and a method that modulates by them (OGM) reads the same tensor after backward."""
+        if out.scores is None:
+            out.scores = self.reduce(modality_scores(out, label))
+        return out.scores
 
     def param_groups(self, model: AVClassifier) -> list[dict]:
         """Modality-keyed groups, so that learning-rate methods (MSLR) can address each one."""
@@ -135,7 +140,7 @@ class Method:
         if out.probe:  # probes (detached) or unimodal heads learn from their own loss
             loss = loss + F.cross_entropy(out.logits_audio, y) + F.cross_entropy(out.logits_visual, y)
         with torch.no_grad():
-            s = self.reduce(modality_scores(out, y))
+            s = self.scores(out, y)
             logs = {
                 "train/loss": loss.detach(),
                 "train/loss_audio": F.cross_entropy(out.logits_audio, y),

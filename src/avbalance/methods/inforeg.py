@@ -25,7 +25,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..registry import METHODS
 from ..schema import Choice
-from .base import MODALITIES, modality_scores
+from .base import MODALITIES
 from .multitask import Multitask, MultitaskConfig
 
 Window = Choice("Window", {v: v for v in ("own", "audio")})
@@ -115,7 +115,7 @@ class InfoReg(Multitask):
         self.k_log = {m: torch.tensor(self.k[m], device=self.device) for m in MODALITIES}  # one copy an epoch
 
     def after_backward(self, model, out, batch, epoch):
-        s = self.reduce(modality_scores(out, batch.label))
+        s = self.scores(out, batch.label)  # the loss's, reduced once per step
         beta = dict(zip(MODALITIES, regulation_strength(
             s[0], s[1], self.k["audio"] > self.tau, self.visual_too and self.k["visual"] > self.tau,
             self.beta["audio"], self.beta["visual"])))

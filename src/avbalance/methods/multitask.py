@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..registry import METHODS
 from ..schema import Choice
-from .base import MODALITIES, Method, MethodConfig, UnimodalHeads, modality_scores
+from .base import MODALITIES, Method, MethodConfig, UnimodalHeads
 
 Heads = Choice("Heads", {v: v for v in ("separate", "fusion")})
 
@@ -49,7 +49,7 @@ class Multitask(Method):
                        "visual": F.cross_entropy(out.logits_visual, y)}
         loss = self.losses["fused"] + self.losses["audio"] + self.losses["visual"]
         with torch.no_grad():
-            s = self.reduce(modality_scores(out, y))
+            s = self.scores(out, y)
             logs = {"train/loss": loss.detach(), "train/loss_audio": self.losses["audio"].detach(),
                     "train/loss_visual": self.losses["visual"].detach(),
                     "train/acc": (out.logits.argmax(1) == y).float().mean(),

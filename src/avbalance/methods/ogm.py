@@ -14,8 +14,8 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from ..schema import Choice
-from .base import MODALITIES, Method, MethodConfig, modality_scores
+from ..choice import Choice
+from .base import MODALITIES, Method, MethodConfig
 
 Scope = Choice("Scope", {v: v for v in ("conv", "all")})
 Rule = Choice("Rule", {v: v for v in ("tanh", "power")})
@@ -56,17 +56,12 @@ def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float,
     return k_a, k_v
 
 
-def noise_owner(grads: list[torch.Tensor]) -> torch.Tensor:
-    """[sum of numels]: for each element of the flattened gradients, the index of its tensor.
-    Built once per parameter list (a host-to-device copy), not on every step."""
-    numels = torch.tensor([g.numel() for g in grads], device="cpu")  # built on the host, copied once
-    return torch.repeat_interleave(numels).to(grads[0].device)  # [0]*n0 + [1]*n1 + ...
-
-
 def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Generator | None = None,
-              owner: torch.Tensor | None = None) -> None:
+              noise: torch.Tensor | None = None) -> None:
     """In place: g <- k * g (+ eps, eps ~ N(0, sigma^2) per element, sigma = std(g) + 1e-8 of the
-    UNSCALED gradient, one sigma per tensor: the reference's merged GE, §1.5). Foreach ops, no sync."""
+    UNSCALED gradient, one sigma per tensor: the reference's merged GE, §1.5). Foreach ops over
+    per-tensor 0-d scalars, no sync. `noise`: a flat buffer of at least sum(numel) elements, reused
+    across steps (else one is allocated here); it is overwritten."""
     if not grads:
         return
     k = k.to(grads[0].dtype)
@@ -75,11 +70,16 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Gener
         return
     # order matters: sigma is taken before scaling, as the reference evaluates its RHS first
     sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8  # [n_tensors]
-    owner = noise_owner(grads) if owner is None else owner
-    noise = torch.randn(owner.shape, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
-    noise = noise * sigma.to(noise.dtype)[owner]                            # [sum numels]
+    numels = [g.numel() for g in grads]
+    n = sum(numels)
+    if noise is None:
+        noise = torch.empty(n, device=grads[0].device, dtype=grads[0].dtype)
+    # one N(0, 1) draw over all elements in order: the same values as randn(n, generator=generator)
+    z = noise[:n].normal_(generator=generator).split(numels)                # views, [numel_t] each
+    z = [zt.view_as(g) for zt, g in zip(z, grads)]
+    torch._foreach_mul_(z, list(sigma.to(noise.dtype).unbind()))           # z_t * sigma_t, 0-d device scalars
     torch._foreach_mul_(grads, k)
-    torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split([g.numel() for g in grads]), grads)])
+    torch._foreach_add_(grads, z)
 
 
 @METHODS.register("ogm")
@@ -107,26 +107,26 @@ class OGM(Method):
         # dedicated generator: GE noise is reproducible and does not shift any other random stream
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + int(cfg.noise_seed_offset))
-        self._owners: dict[str, torch.Tensor] = {}
+        self._noise: torch.Tensor | None = None  # GE's flat noise buffer, made on first use, reused
 
     def after_backward(self, model, out, batch, epoch):
         if not self.start <= epoch <= self.end:  # Python ints: no device sync
             return super().after_backward(model, out, batch, epoch)  # logged as applied: 1
-        s = self.reduce(modality_scores(out, batch.label))
+        s = self.scores(out, batch.label)  # the loss's, reduced once per step
         k_a, k_v = ogm_coefficients(s[0], s[1], self.alpha, self.beta, self.rule)
         gen = self.generator if self.ge else None
         for m, k in (("audio", k_a), ("visual", k_v)):
             grads = [p.grad for p in self.params[m] if p.grad is not None]
-            if len(grads) == len(self.params[m]):  # the usual case: reuse the precomputed index
-                modulate_(grads, k, gen, self._owner(m))
-            else:
-                modulate_(grads, k, gen)
+            modulate_(grads, k, gen, self._noise_buffer() if self.ge and grads else None)
         return {"mod/coeff_audio": k_a, "mod/coeff_visual": k_v}
 
-    def _owner(self, modality: str) -> torch.Tensor:
-        if modality not in self._owners:
-            self._owners[modality] = noise_owner([p.grad for p in self.params[modality]])
-        return self._owners[modality]
+    def _noise_buffer(self) -> torch.Tensor:
+        """GE's flat noise buffer, shared by the two encoders (they are modulated in turn) and as
+        large as the larger one's selected parameters: allocated on the first step only."""
+        if self._noise is None:
+            p = max(self.params.values(), key=lambda ps: sum(q.numel() for q in ps))
+            self._noise = torch.empty(sum(q.numel() for q in p), device=p[0].device, dtype=p[0].dtype)
+        return self._noise
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}

@@ -25,6 +25,7 @@ class FusionOutput:
     logits_visual: torch.Tensor   # [B, C]
     probe: bool = False           # unimodal logits come from probes or heads that need their own loss
     features: dict | None = None  # {modality: [B, D]} the features the head saw (set by AVClassifier.fuse)
+    scores: torch.Tensor | None = None  # [2] this step's reduced modality scores (Method.scores), made once
 
 
 class FusionHead(nn.Module):

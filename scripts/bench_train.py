@@ -1,0 +1,330 @@
+"""Training-step benchmark: samples/s, the step-time breakdown (data, forward, backward, modulation,
+optimizer), peak memory and evaluation samples/s of the real model, method and optimizer on
+synthetic batches already on the device. No Hydra: it imports torch, torchvision and the avbalance
+modules it uses, so a GPU machine needs only those wheels (plus numpy).
+
+    python scripts/bench_train.py --shape cremad --device cuda --precision bf16 --compare --json out.json
+    python scripts/bench_train.py --shape tiny --device cpu --steps 3 --warmup 1
+
+--data augment (default): each step starts from the stored format (uint8 frames at 256x256 and a
+float16 spectrogram, on the device) and runs the loader's device-side work (crop boxes drawn on the
+host and copied pinned, RandomResizedCrop + flip + normalise): the "data" phase. --data memory:
+ready float batches, the data phase only picks one. Neither reads files (scripts/bench_data.py does).
+--ge-micro: GE's modulation alone on the model's conv gradients, the previous owner-index form
+against the current one (time and bytes allocated per call).
+Timing: CUDA events between phases (one synchronisation at the end of the measured steps), or
+perf_counter on the CPU. Peak memory: torch.cuda.max_memory_allocated, or on the CPU the process's
+peak resident set (ru_maxrss, which includes Python and torch themselves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src")]  # run from a checkout without installing
+
+from avbalance.data.base import Batch  # noqa: E402
+from avbalance.data.prepared import _to_device, random_resized_crop_boxes, train_frames  # noqa: E402
+from avbalance.methods.base import Method  # noqa: E402
+from avbalance.methods.ogm import OGM, modulate_  # noqa: E402
+from avbalance.models.model import build_model  # noqa: E402
+from avbalance.optim import build_optimizer  # noqa: E402
+
+# dataset shape: batch, frames, stored frame side, fed frame side, spectrogram [F, T], classes, encoders
+SHAPES = {
+    "cremad": dict(batch=64, frames=1, stored=256, image=224, spec=(257, 188), classes=6, model="resnet18"),
+    "mid": dict(batch=16, frames=1, stored=128, image=112, spec=(129, 94), classes=6, model="resnet18"),
+    "tiny": dict(batch=8, frames=1, stored=40, image=32, spec=(32, 24), classes=6, model="tiny"),
+}
+PHASES = ("data", "forward", "backward", "modulation", "optimizer")
+
+
+class Cfg(dict):
+    """The dict-with-attributes that build_model and the methods read (what Hydra would give)."""
+    __getattr__ = dict.__getitem__
+
+
+def method_cfg(modulation: str) -> SimpleNamespace:
+    return SimpleNamespace(name=modulation, alpha=0.8, beta=1.0, ge=modulation == "ogm_ge", start_epoch=0,
+                           end_epoch=10**9, scope="conv", coefficient="tanh", noise_seed_offset=7919)
+
+
+class Timer:
+    """Marks between phases: CUDA events (read after one synchronisation) or host clocks."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[list] = []
+
+    def mark(self, row: list) -> None:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            row.append(e)
+        else:
+            row.append(time.perf_counter())
+
+    def phases_ms(self) -> dict[str, float]:
+        """Mean milliseconds per phase over the recorded steps."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            per = [[a.elapsed_time(b) for a, b in zip(r, r[1:])] for r in self.marks]
+        else:
+            per = [[1000 * (b - a) for a, b in zip(r, r[1:])] for r in self.marks]
+        return {p: sum(s[i] for s in per) / len(per) for i, p in enumerate(PHASES)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_data(shape: dict, device: torch.device, mode: str, n: int = 4):
+    """`n` batches to cycle through: stored format (augment) or ready float batches (memory)."""
+    g = torch.Generator().manual_seed(0)
+    B, T, S, (F_, T_) = shape["batch"], shape["frames"], shape["stored"], shape["spec"]
+    out = []
+    for _ in range(n):
+        frames = torch.randint(0, 256, (B, T, S, S, 3), generator=g, dtype=torch.uint8).to(device)
+        audio = torch.randn(B, F_, T_, generator=g).half().to(device)
+        label = torch.randint(0, shape["classes"], (B,), generator=g).to(device)
+        if mode == "memory":
+            visual = torch.randn(B, 3, T, shape["image"], shape["image"], generator=g).to(device)
+            out.append(Batch(audio.float().unsqueeze(1), visual, label, torch.arange(B, device=device)))
+        else:
+            out.append((frames, audio, label))
+    return out
+
+
+def next_batch(data, i: int, shape: dict, device: torch.device, g: torch.Generator, mode: str) -> Batch:
+    """The loader's per-batch work after the disk read (prepared.train_batches), or a ready batch."""
+    if mode == "memory":
+        return data[i % len(data)]
+    frames, audio, label = data[i % len(data)]
+    B, T, H, W, _ = frames.shape
+    boxes = random_resized_crop_boxes(B * T, H, W, g)
+    flips = torch.rand(B * T, generator=g) < 0.5
+    visual = train_frames(frames, _to_device(boxes, device), _to_device(flips, device), shape["image"])
+    return Batch(audio.float().unsqueeze(1), visual, label, torch.arange(B, device=device))
+
+
+def build(shape: dict, fusion: str, modulation: str, device: torch.device, channels_last: bool, compile_: bool):
+    torch.manual_seed(0)
+    model_cfg = Cfg(name=shape["model"], **({"width": 8, "depth": 2} if shape["model"] == "tiny" else {}))
+    model = build_model(model_cfg, Cfg(name=fusion), shape["classes"]).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = (OGM if modulation != "none" else Method)(method_cfg(modulation), model, device=device, seed=0)
+    optimizer = build_optimizer(SimpleNamespace(name="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4),
+                                method.param_groups(model))
+    if compile_:
+        for enc in model.encoders.values():
+            enc.compile()
+    return model, method, optimizer
+
+
+def run(args, modulation: str) -> dict:
+    """One configuration: warm-up steps, then `steps` timed steps and `steps` evaluation batches."""
+    device, shape = torch.device(args.device), dict(SHAPES[args.shape])
+    if args.batch_size:
+        shape["batch"] = args.batch_size
+    model, method, optimizer = build(shape, args.fusion, modulation, device, args.channels_last, args.compile)
+    data = make_data(shape, device, args.data)
+    g = torch.Generator().manual_seed(1)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")  # noqa: E731
+    timer = Timer(device)
+
+    def step(i: int, row: list | None) -> None:  # the trainer's step(), with marks between its phases
+        mark = timer.mark if row is not None else (lambda _: None)
+        mark(row)
+        batch = next_batch(data, i, shape, device, g, args.data)
+        if args.channels_last:
+            batch.audio = batch.audio.contiguous(memory_format=torch.channels_last)
+        mark(row)
+        with autocast():
+            out = model.fuse(model.encode(batch.audio, batch.visual))
+            loss, _ = method.loss(out, batch, 0)
+        mark(row)
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(loss)
+        mark(row)
+        method.after_backward(model, out, batch, 0)
+        mark(row)
+        optimizer.step()
+        mark(row)
+
+    model.train()
+    for i in range(args.warmup):
+        step(i, None)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        timer.marks.append([])
+        step(i, timer.marks[-1])
+    sync(device)
+    wall = time.perf_counter() - t0
+    phases = timer.phases_ms()
+
+    model.eval()  # evaluation: the no_grad forward on ready batches (eval_frames is a resize)
+    eval_batches = make_data(shape, device, "memory", n=2)
+    with torch.no_grad(), autocast():
+        for i in range(max(1, args.warmup)):
+            model(eval_batches[i % 2].audio, eval_batches[i % 2].visual)
+        sync(device)
+        t1 = time.perf_counter()
+        for i in range(args.steps):
+            model(eval_batches[i % 2].audio, eval_batches[i % 2].visual)
+        sync(device)
+    eval_wall = time.perf_counter() - t1
+
+    B = shape["batch"]
+    if device.type == "cuda":
+        peak = {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda max_memory_allocated"}
+    else:
+        peak = {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak_memory_kind": "process peak RSS (ru_maxrss), not resettable: the largest run so far"}
+    return {"modulation": modulation, "batch_size": B, "steps": args.steps, "step_ms": 1000 * wall / args.steps,
+            "samples_per_second": B * args.steps / wall, "phases_ms": phases,
+            "eval_samples_per_second": B * args.steps / eval_wall, **peak}
+
+
+# ----------------------------------------------------------------------------- GE alone: before / after
+
+def owner_index_modulate_(grads, k, generator, owner):
+    """The previous GE (up to commit 8857322): an int64 owner index per element, full-size noise
+    drawn, gathered and multiplied each step. Kept here to measure the change."""
+    k = k.to(grads[0].dtype)
+    sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8
+    noise = torch.randn(owner.shape, generator=generator, device=grads[0].device, dtype=grads[0].dtype)
+    noise = noise * sigma.to(noise.dtype)[owner]
+    torch._foreach_mul_(grads, k)
+    torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split([g.numel() for g in grads]), grads)])
+
+
+def allocated_bytes(fn, device: torch.device) -> int:
+    """Bytes allocated by one call (the sum of its allocations, freed or not)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_stats(device)["allocated_bytes.all.allocated"]
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.memory_stats(device)["allocated_bytes.all.allocated"] - before
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())  # each op's own allocations
+
+
+def ge_micro(args) -> dict:
+    """GE's modulation alone on both encoders' conv gradients of the chosen shape."""
+    device, shape = torch.device(args.device), SHAPES[args.shape]
+    model, method, _ = build(shape, args.fusion, "ogm_ge", device, False, False)
+    grads = {m: [torch.randn_like(p) for p in ps] for m, ps in method.params.items()}
+    k = torch.tensor(0.7, device=device)
+    owners = {m: torch.repeat_interleave(torch.tensor([g.numel() for g in gs])).to(device) for m, gs in grads.items()}
+    buf = method._noise_buffer()
+    gen = torch.Generator(device=device).manual_seed(0)
+    impls = {"owner_index (previous)": lambda: [owner_index_modulate_(grads[m], k, gen, owners[m]) for m in grads],
+             "noise_buffer (current)": lambda: [modulate_(grads[m], k, gen, buf) for m in grads]}
+    persistent = {"owner_index (previous)": sum(o.numel() * o.element_size() for o in owners.values()),
+                  "noise_buffer (current)": buf.numel() * buf.element_size()}
+    out = {"elements": sum(g.numel() for gs in grads.values() for g in gs)}
+    for name, fn in impls.items():
+        for _ in range(max(1, args.warmup)):
+            fn()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        sync(device)
+        out[name] = {"ms_per_step": 1000 * (time.perf_counter() - t0) / args.steps,
+                     "bytes_allocated_per_step": allocated_bytes(fn, device), "persistent_bytes": persistent[name]}
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+def environment(device: torch.device, argv: list[str]) -> dict:
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = "unknown", False
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
+    return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "commit": commit + ("-dirty" if dirty else ""), "command": " ".join(["python scripts/bench_train.py", *argv])}
+
+
+def table(results: list[dict]) -> str:
+    head = f"{'modulation':<12}{'samples/s':>11}{'step ms':>10}" + "".join(f"{p:>12}" for p in PHASES) + f"{'eval/s':>10}{'peak MiB':>10}"
+    lines = [head]
+    for r in results:
+        lines.append(f"{r['modulation']:<12}{r['samples_per_second']:>11.1f}{r['step_ms']:>10.2f}"
+                     + "".join(f"{r['phases_ms'][p]:>12.2f}" for p in PHASES)
+                     + f"{r['eval_samples_per_second']:>10.1f}{r['peak_memory_bytes'] / 2**20:>10.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--fusion", default="concat", help="a registered fusion head (concat, sum, film, gated)")
+    p.add_argument("--modulation", choices=("none", "ogm", "ogm_ge"), default="ogm_ge")
+    p.add_argument("--compare", action="store_true", help="also run modulation=none and report the relative overhead")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--data", choices=("augment", "memory"), default="augment")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=0, help="0: the shape's own")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    device = torch.device(args.device)
+    report = {"environment": environment(device, argv), "shape": {"name": args.shape, **SHAPES[args.shape]},
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    mods = ["none", args.modulation] if args.compare and args.modulation != "none" else [args.modulation]
+    report["runs"] = [run(args, m) for m in mods]
+    env = report["environment"]
+    print(f"# {env['device']}, torch {env['torch']}, {env['threads']} threads, commit {env['commit']}; shape {args.shape} "
+          f"(batch {report['runs'][0]['batch_size']}), {args.fusion}, {args.precision}, data {args.data}, {args.steps} steps")
+    print(table(report["runs"]))
+    if len(report["runs"]) == 2:
+        base, mod = report["runs"]
+        report["overhead"] = {"step_time": mod["step_ms"] / base["step_ms"] - 1,
+                              "modulation_share": mod["phases_ms"]["modulation"] / mod["step_ms"]}
+        print(f"{args.modulation} vs none: step time {100 * report['overhead']['step_time']:+.1f}%, modulation phase "
+              f"{100 * report['overhead']['modulation_share']:.1f}% of the step")
+    if args.ge_micro:
+        report["ge_micro"] = ge_micro(args)
+        print(f"GE alone on {report['ge_micro']['elements']:,} conv-gradient elements:")
+        for name, r in report["ge_micro"].items():
+            if isinstance(r, dict):
+                print(f"  {name:<24}{r['ms_per_step']:>9.3f} ms/step {r['bytes_allocated_per_step']:>13,} B allocated/step "
+                      f"{r['persistent_bytes']:>13,} B kept")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
