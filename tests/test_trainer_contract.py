@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import avbalance.trainer as trainer_module
+from avbalance.errors import ConfigError
 from avbalance.meter import DeviceMeter
 from avbalance.rundir import load_checkpoint
 from avbalance.methods.base import Method
@@ -561,3 +562,29 @@ def test_resume_from_a_checkpoint_without_its_log_record(tmp_path):
     train(make_cfg(*overrides, "resume=true"), tmp_path)
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
+
+
+def test_ckpt_every_writes_last_pt_every_n_epochs_and_a_resume_repeats_the_epochs_after_it(tmp_path):
+    class Stop(Exception):
+        pass
+
+    saved = []
+
+    def record(epoch, row):  # which epoch last.pt holds after each epoch
+        p = tmp_path / "run" / "ckpt" / "last.pt"
+        saved.append(load_checkpoint(p)["epoch"] if p.exists() else None)
+        if epoch == 2 and len(saved) == 3:
+            raise Stop  # a crash after epoch 2: last.pt holds epoch 1
+    overrides = ("epochs=4", "ckpt_every=2", "dataset.n_train=64")
+    with pytest.raises(Stop):
+        train(make_cfg(*overrides), tmp_path / "run", callbacks=[record])
+    assert saved == [None, 1, 1]
+    summary = train(make_cfg(*overrides, "resume=true"), tmp_path / "run", callbacks=[record])
+    assert saved == [None, 1, 1, 1, 3]  # resumed at epoch 2 (repeated), the last epoch always written
+    full = train(make_cfg(*overrides), tmp_path / "full")
+    rows = lambda d: [json.loads(ln) for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["epoch"] for r in rows("run")] == [0, 1, 2, 3]
+    assert [r["val/acc"] for r in rows("run")] == [r["val/acc"] for r in rows("full")]
+    assert summary["test/acc"] == full["test/acc"]
+    with pytest.raises(ConfigError, match=r"ckpt_every=0 must be a positive integer"):
+        train(make_cfg("ckpt_every=0"), tmp_path / "bad")

@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from . import distributed, schema
 from .config import resolve_device, validate
 from .errors import ConfigError, UserError
-from .rundir import atomic_write_text, read_json, write_json
+from .rundir import atomic_write_text, load_checkpoint, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
@@ -283,7 +283,8 @@ def _progress(run_dir: Path) -> str:
         done = len([ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()])
     if not (run_dir / "ckpt" / "last.pt").exists():
         return f"in epoch {done}, before the first checkpoint; nothing to resume, run the command again"
-    return f"in epoch {done}, epochs 0-{done - 1} are saved; continue with: {RESUME_HINT.format(run_dir)}"
+    saved = load_checkpoint(run_dir / "ckpt" / "last.pt", map_location="cpu")["epoch"]  # ckpt_every may lag the log
+    return f"in epoch {done}, epochs 0-{saved} are saved; continue with: {RESUME_HINT.format(run_dir)}"
 
 
 def resume(plan: Plan) -> None:

@@ -61,6 +61,7 @@ class TrainConfig:
     batch_size: int = 64
     precision: Precision = Precision.fp32
     num_workers: int = 0
+    ckpt_every: int = 1               # epochs between writes of ckpt/last.pt (always after the last epoch)
     resume: bool = False
     data_root: str = "data"
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)

@@ -147,7 +147,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     if cfg.resume:
         last = ckpt_dir / "last.pt"
         if not last.exists():
-            raise ConfigError(f"resume=true but {run_dir} has no checkpoint yet ({last.name} is written after the first epoch); "
+            raise ConfigError(f"resume=true but {run_dir} has no checkpoint yet ({last.name} is written every ckpt_every={cfg.ckpt_every} epochs); "
                               f"start the run again without resume=true")
         state = load_checkpoint(last, map_location=device)
         model.load_state_dict(state["model"])
@@ -210,7 +210,9 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}
             if main:
                 save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
-        if main:
+        # last.pt (with the optimizer state, ~180 MB for two ResNet-18s) every ckpt_every epochs and
+        # at the end; a resume then repeats the epochs after it
+        if main and ((epoch + 1) % cfg.ckpt_every == 0 or epoch == cfg.epochs - 1):
             save_checkpoint(ckpt_dir / "last.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device),
