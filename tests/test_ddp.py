@@ -21,6 +21,7 @@ from avbalance.data.base import rank_batches
 from avbalance.data.prepared import PreparedData
 from avbalance.data.toy import ToyData
 from avbalance.errors import ConfigError
+from avbalance.registry import METHODS
 from avbalance.trainer import check_ddp, train
 
 from conftest import CONFIG_DIR, ROOT, make_cfg
@@ -76,25 +77,31 @@ class _Data:
         self.n = n
 
     def num_rows(self, split):
-        return self.n
+        return self.n if split == "train" else 0
 
 
 TWO = distributed.Env(rank=0, world=2)
 
 
 def test_ddp_refuses_a_method_whose_own_backward_bypasses_the_gradient_all_reduce():
-    with pytest.raises(ConfigError, match=r"modulation=mmpareto does not support multi-process training \(2 processes\).*ogm_ge"):
+    with pytest.raises(ConfigError) as e:
         check_ddp(make_cfg("modulation=mmpareto"), TWO, torch.device("cpu"), _Data(100))
+    ok = " | ".join(m for m in METHODS.names() if m not in ("mmpareto", "umt"))
+    assert str(e.value) == (f"modulation=mmpareto does not support multi-process training (2 processes); "
+                            f"expected one process or modulation={ok}")
     check_ddp(make_cfg("modulation=ogm_ge"), TWO, torch.device("cpu"), _Data(100))  # accepted
 
 
 def test_ddp_refuses_sync_batchnorm_without_cuda_and_fewer_rows_than_processes():
-    with pytest.raises(ConfigError, match=r"ddp.sync_batchnorm=true needs CUDA"):
+    with pytest.raises(ConfigError, match=r"^ddp.sync_batchnorm=true needs CUDA devices \(SyncBatchNorm has no CPU kernel\); "
+                                          r"set ddp.sync_batchnorm=false$"):
         check_ddp(make_cfg("ddp.sync_batchnorm=true"), TWO, torch.device("cpu"), _Data(100))
-    with pytest.raises(ConfigError, match=r"1 train rows for 2 processes"):
+    check_ddp(make_cfg("ddp.sync_batchnorm=true"), TWO, torch.device("cuda"), _Data(100))  # a device name: no GPU needed
+    with pytest.raises(ConfigError, match=r"^dataset 'toy': 1 train rows for 2 processes; expected at least one row per process$"):
         check_ddp(make_cfg(), TWO, torch.device("cpu"), _Data(1))
-    with pytest.raises(ConfigError, match=r"batch_size=1 is the global batch.*2 processes"):
+    with pytest.raises(ConfigError, match=r"^batch_size=1 is the global batch, shared by 2 processes; expected batch_size >= 2$"):
         check_ddp(make_cfg("batch_size=1"), TWO, torch.device("cpu"), _Data(100))
+    check_ddp(make_cfg("batch_size=2"), TWO, torch.device("cpu"), _Data(2))  # one sample and one row per process: enough
 
 
 def test_single_process_helpers_are_identities():

@@ -224,3 +224,19 @@ def test_trainable_unimodal_heads_give_the_unimodal_logits_and_are_saved(tmp_pat
     feats = model.encode(a, v)
     assert torch.allclose(out.logits_audio, model.aux["unimodal"].fc["audio"](feats["audio"]))
     assert out.probe is True
+
+
+def test_the_feature_transform_sees_the_encoders_features_the_batch_and_the_epoch(tmp_path, method_as_none):
+    seen = []
+
+    class Recording(Method):
+        def transform_features(self, feats, batch, epoch):
+            seen.append((sorted(feats), feats["audio"].shape[0], len(batch), batch.label.dtype, epoch))
+            return {m: f * 0 for m, f in feats.items()}  # what it returns is what the head sees
+
+        def loss(self, out, batch, epoch):
+            assert all(f.abs().sum() == 0 for f in out.features.values())
+            return super().loss(out, batch, epoch)
+    method_as_none(Recording)
+    train(make_cfg("modulation=none", *SHORT), tmp_path)
+    assert seen == [(["audio", "visual"], 64, 64, torch.int64, 0), (["audio", "visual"], 64, 64, torch.int64, 1)]
