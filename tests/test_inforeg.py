@@ -155,3 +155,16 @@ def test_bad_values_are_one_line_errors(key, value, expected):
     with pytest.raises(ConfigError) as info:
         InfoReg.check_config(cfg)
     assert str(info.value) == expected
+
+
+def test_the_bounds_of_the_ranges_are_allowed():
+    InfoReg.check_config(OmegaConf.create({"beta_audio": 0.0, "beta_visual": 0.0, "trace_window": 1}))
+
+
+@pytest.mark.parametrize("leader", ["audio", "visual"])
+def test_the_window_opens_only_strictly_above_tau(leader):
+    method, model = make(tau=1.0)  # no trace yet: k = 1.0 = tau, so the window stays closed
+    plain, logs, _ = step(method, model, leader)
+    assert logs["mod/k_audio"].item() == logs["mod/k_visual"].item() == 1.0
+    assert logs["mod/beta_audio"].item() == logs["mod/beta_visual"].item() == 0.0
+    check_pull(model, plain, leader, 0.0)

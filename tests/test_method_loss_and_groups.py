@@ -120,3 +120,20 @@ def test_method_keeps_its_settings():
 def test_cross_entropy_helper_matches_torch():
     out, batch = outputs()
     assert ce(out.logits, batch.label) == pytest.approx(F.cross_entropy(out.logits, batch.label).item(), rel=1e-6)
+
+
+def test_multitask_loss_is_the_sum_of_the_three_cross_entropies_and_logs_them_by_hand():
+    out, batch = outputs()
+    y = batch.label
+    method = METHODS.get("multitask")(OmegaConf.create({"name": "multitask", "heads": "fusion"}), None, device=CPU, seed=0)
+    loss, logs = method.loss(out, batch, 0)
+    want = ce(out.logits, y) + ce(out.logits_audio, y) + ce(out.logits_visual, y)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert set(logs) == {"train/loss", "train/loss_audio", "train/loss_visual", "train/acc", "mod/ratio"}
+    assert logs["train/loss"].item() == pytest.approx(want, rel=1e-6)
+    assert logs["train/loss_audio"].item() == pytest.approx(ce(out.logits_audio, y), rel=1e-6)
+    assert logs["train/loss_visual"].item() == pytest.approx(ce(out.logits_visual, y), rel=1e-6)
+    assert logs["train/acc"].item() == pytest.approx(3 / 4)  # fused argmax 0, 1, 2, 1 against 0, 1, 2, 0
+    ratio = true_class_prob_sum(out.logits_audio, y) / true_class_prob_sum(out.logits_visual, y)
+    assert logs["mod/ratio"].item() == pytest.approx(ratio, rel=1e-6)
+    assert method.after_backward(None, out, batch, 0) == {}  # no gradient edit

@@ -37,7 +37,6 @@ class Multitask(Method):
 
     def __init__(self, cfg, model, *, device, seed):
         super().__init__(cfg, model, device=device, seed=seed)
-        self.model = model
         if str(cfg.heads) == "separate":
             dims = {m: model.encoders[m].out_dim for m in MODALITIES}
             model.aux["unimodal"] = UnimodalHeads(dims, model.head.num_classes).to(device)
