@@ -163,3 +163,21 @@ def test_gradient_scaling_includes_the_window_s_last_epoch():
             p.grad = torch.ones_like(p)
         method.after_backward(model, None, None, epoch)
         assert all(torch.allclose(p.grad, torch.tensor(factor)) for p in model.encoders["audio"].parameters()), epoch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+def test_on_cuda_the_logged_scales_stay_on_the_device():
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create({"name": "tiny", "width": 4}), OmegaConf.create({"name": "sum"}), 3).to(cuda)
+    cfg = OmegaConf.create({"name": "mslr", "init_audio": 0.9, "init_visual": 1.1, "history": 2, "start_epoch": 0,
+                            "end_epoch": 100, "apply": "grad", "ratio_min": 0.0, "ratio_max": float("inf")})
+    method = MSLR(cfg, model, device=cuda, seed=0)
+    optimizer = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}),
+                                method.param_groups(model))
+    method.on_epoch_start(0, {"optimizer": optimizer})
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logs = method.after_backward(model, None, None, 0)
+    assert all(t.is_cuda for t in logs.values())
+    assert all(torch.allclose(p.grad, torch.tensor(0.9, device=cuda)) for p in model.encoders["audio"].parameters())

@@ -197,3 +197,19 @@ def test_a_step_drops_when_its_draw_is_below_p_exe():
         feats, batch = feats_and_batch(model)
         out = method.transform_features(feats, batch, epoch=0)
         assert bool((out["audio"].abs().sum(1) == 0).any()) == drops, p_exe
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+def test_on_cuda_the_draws_and_the_logs_stay_on_the_device():
+    # on the CPU every device argument is the CPU; here a CPU generator or a CPU log would show
+    cuda = torch.device("cuda")
+    _, model = make()
+    feats, batch = feats_and_batch(model)
+    model, feats, batch = model.to(cuda), {m: f.to(cuda) for m, f in feats.items()}, batch.to(cuda)
+    cfg = OmegaConf.create({"name": "opm", "q_base": 0.5, "lam": 0.5, "p_exe": 1.0, "start_epoch": 0, "end_epoch": 0,
+                            "noise_seed_offset": 4099})
+    method = OPM(cfg, model, device=cuda, seed=0)
+    for epoch in (0, 1):  # inside the window, then outside it
+        out = method.transform_features(feats, batch, epoch)
+        _, logs = method.loss(model.fuse(out), batch, epoch)
+        assert out["audio"].is_cuda and all(t.is_cuda for t in logs.values()), epoch
