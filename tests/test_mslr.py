@@ -123,3 +123,61 @@ def test_bad_values_are_one_line_errors(key, value, expected):
     with pytest.raises(ConfigError) as info:
         MSLR.check_config(cfg)
     assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("key, value", [("history", 1), ("ratio_min", 2.0)])  # ratio_min = ratio_max: r fixed
+def test_boundary_values_are_allowed(key, value):
+    MSLR.check_config(OmegaConf.create({"init_audio": 0.9, "init_visual": 1.1, "history": 5, "start_epoch": 0,
+                                        "end_epoch": 5, "ratio_min": 0.0, "ratio_max": 2.0, key: value}))
+
+
+def test_modules_a_method_added_train_at_the_base_rate_in_an_aux_group():
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create({"name": "tiny", "width": 4}), OmegaConf.create({"name": "concat"}), 3)
+    model.aux["extra"] = torch.nn.Linear(2, 2)  # what a plug-in may install (trainable unimodal heads)
+    cfg = OmegaConf.create({"name": "mslr", "init_audio": 0.9, "init_visual": 1.1, "history": 2, "start_epoch": 0,
+                            "end_epoch": 100, "apply": "lr", "ratio_min": 0.0, "ratio_max": float("inf")})
+    method = MSLR(cfg, model, device=CPU, seed=0)
+    optimizer = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}),
+                                method.param_groups(model))
+    assert [g["modality"] for g in optimizer.param_groups] == ["head", "audio", "visual", "aux"]
+    assert [id(p) for p in optimizer.param_groups[3]["params"]] == [id(p) for p in model.aux.parameters()]
+    method.on_epoch_start(0, {"optimizer": optimizer})
+    assert lrs(optimizer) == pytest.approx({"head": 0.1, "audio": 0.09, "visual": 0.11, "aux": 0.1})
+
+
+def test_the_rate_option_leaves_the_gradients_as_they_are():
+    method, model, optimizer = make({"apply": "lr"})
+    method.on_epoch_start(0, {"optimizer": optimizer})
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    method.after_backward(model, None, None, 0)
+    assert all(torch.all(p.grad == 1) for p in model.parameters())  # the rate already carries c_m
+
+
+def test_gradient_scaling_includes_the_window_s_last_epoch():
+    method, model, optimizer = make({"apply": "grad", "start_epoch": 1, "end_epoch": 3})
+    for epoch, factor in ((0, 1.0), (3, 0.9), (4, 1.0)):
+        method.on_epoch_start(epoch, {"optimizer": optimizer})
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        method.after_backward(model, None, None, epoch)
+        assert all(torch.allclose(p.grad, torch.tensor(factor)) for p in model.encoders["audio"].parameters()), epoch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+def test_on_cuda_the_logged_scales_stay_on_the_device():
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create({"name": "tiny", "width": 4}), OmegaConf.create({"name": "sum"}), 3).to(cuda)
+    cfg = OmegaConf.create({"name": "mslr", "init_audio": 0.9, "init_visual": 1.1, "history": 2, "start_epoch": 0,
+                            "end_epoch": 100, "apply": "grad", "ratio_min": 0.0, "ratio_max": float("inf")})
+    method = MSLR(cfg, model, device=cuda, seed=0)
+    optimizer = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}),
+                                method.param_groups(model))
+    method.on_epoch_start(0, {"optimizer": optimizer})
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    logs = method.after_backward(model, None, None, 0)
+    assert all(t.is_cuda for t in logs.values())
+    assert all(torch.allclose(p.grad, torch.tensor(0.9, device=cuda)) for p in model.encoders["audio"].parameters())

@@ -134,3 +134,82 @@ def test_bad_values_are_one_line_errors(key, value, expected):
     with pytest.raises(ConfigError) as info:
         OPM.check_config(cfg)
     assert str(info.value) == expected
+
+
+def test_q_is_clipped_at_zero_as_well_as_at_one():
+    # the documented clip(., 0, 1): a formula value below 0 (lam < 0, which the config refuses) is 0
+    q = drop_probabilities(torch.tensor(3.0), torch.tensor(1.0), q_base=0.5, lam=-3.0)  # 0.5 (1 - 3 tanh 2) < 0
+    assert q.tolist() == [0.0, 0.0]
+
+
+def test_rescale_rate_weighs_both_modalities_by_their_dimensions():
+    a, v = torch.ones(2, 2), torch.ones(2, 4)                        # Da = 2, Dv = 4
+    u = torch.tensor([[0.9, 0.9], [0.9, 0.1]])                       # row 1 drops visual when q_v > 0.1
+    out = drop_and_rescale({"audio": a, "visual": v}, torch.tensor([0.0, 0.5]), u)
+    assert torch.allclose(out["audio"], a * 1.5)                     # theta = 4 * 0.5 / 6 = 1/3
+    assert torch.allclose(out["visual"], torch.tensor([[1.5] * 4, [0.0] * 4]))
+    out = drop_and_rescale({"audio": a, "visual": v}, torch.tensor([0.3, 0.6]), u)
+    assert torch.allclose(out["audio"], a * 2.0)                     # theta = (2 * 0.3 + 4 * 0.6) / 6 = 0.5
+    assert torch.allclose(out["visual"], torch.tensor([[2.0] * 4, [0.0] * 4]))
+
+
+def test_modulated_features_keep_their_dtype():
+    # bf16 features (autocast) with float32 probabilities: the output stays bf16, scaled by bf16(1.25)
+    a, v = torch.full((3, 2), 2.0, dtype=torch.bfloat16), torch.full((3, 4), 3.0, dtype=torch.bfloat16)
+    u = torch.tensor([[0.7, 0.5], [0.5, 0.5], [0.6, 0.5]])
+    out = drop_and_rescale({"audio": a, "visual": v}, torch.tensor([0.6, 0.0]), u)  # theta 0.2: scale 1.25
+    assert out["audio"].dtype == torch.bfloat16 and out["visual"].dtype == torch.bfloat16
+    assert out["audio"][:, 0].tolist() == [2.5, 0.0, 2.5] and out["visual"].flatten().tolist() == [3.75] * 12
+
+
+@pytest.mark.parametrize("key, value", [("q_base", 0.0), ("q_base", 1.0), ("p_exe", 0.0), ("p_exe", 1.0), ("lam", 0.0)])
+def test_boundary_values_are_allowed(key, value):
+    OPM.check_config(OmegaConf.create({"q_base": 0.5, "lam": 0.5, "p_exe": 0.7, "start_epoch": 0, "end_epoch": 5,
+                                       key: value}))
+
+
+def test_the_window_includes_its_last_epoch():
+    method, model = make({"end_epoch": 3})
+    feats, batch = feats_and_batch(model)
+    out = method.transform_features(feats, batch, epoch=3)
+    assert (out["audio"].abs().sum(1) == 0).any()
+
+
+def test_draws_come_from_a_generator_seeded_with_seed_plus_offset():
+    # one draw decides the step, then u [B, 2]; audio of sample i is kept when u[i, 0] >= q_a
+    method, model = make(seed=3)
+    feats, batch = feats_and_batch(model)
+    pa, pv = scores(model, feats, batch.label)
+    g = torch.Generator().manual_seed(3 + 4099)
+    torch.rand((), generator=g)
+    u = torch.rand(len(batch.label), 2, generator=g)
+    out = method.transform_features(feats, batch, epoch=0)
+    kept = out["audio"].abs().sum(1) > 0
+    assert torch.equal(kept, u[:, 0] >= q_by_hand(pa / pv, 0.5, 0.5))
+
+
+def test_a_step_drops_when_its_draw_is_below_p_exe():
+    # P(step drops) = p_exe exactly: a draw equal to p_exe does not drop, one just above it does
+    import numpy as np
+    first = torch.rand((), generator=torch.Generator().manual_seed(0 + 4099)).item()
+    for p_exe, drops in ((first, False), (float(np.nextafter(np.float32(first), np.float32(1))), True)):
+        method, model = make({"p_exe": p_exe})
+        feats, batch = feats_and_batch(model)
+        out = method.transform_features(feats, batch, epoch=0)
+        assert bool((out["audio"].abs().sum(1) == 0).any()) == drops, p_exe
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+def test_on_cuda_the_draws_and_the_logs_stay_on_the_device():
+    # on the CPU every device argument is the CPU; here a CPU generator or a CPU log would show
+    cuda = torch.device("cuda")
+    _, model = make()
+    feats, batch = feats_and_batch(model)
+    model, feats, batch = model.to(cuda), {m: f.to(cuda) for m, f in feats.items()}, batch.to(cuda)
+    cfg = OmegaConf.create({"name": "opm", "q_base": 0.5, "lam": 0.5, "p_exe": 1.0, "start_epoch": 0, "end_epoch": 0,
+                            "noise_seed_offset": 4099})
+    method = OPM(cfg, model, device=cuda, seed=0)
+    for epoch in (0, 1):  # inside the window, then outside it
+        out = method.transform_features(feats, batch, epoch)
+        _, logs = method.loss(model.fuse(out), batch, epoch)
+        assert out["audio"].is_cuda and all(t.is_cuda for t in logs.values()), epoch
