@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from avbalance.data.base import Batch
 from avbalance.errors import ConfigError
-from avbalance.methods.mmpareto import MMPareto, combine, min_norm_weight, pareto_weights
+from avbalance.methods.mmpareto import MMPareto, combine, grads_of, min_norm_weight, pareto_weights
 from avbalance.methods.multitask import Multitask
 from avbalance.models import build_model
 
@@ -29,6 +29,8 @@ def grid_min_norm(x1, x2):
     ([1.0, 0.0], [-1.0, 1.0], 0.6),      # by hand: |(2c - 1, 1 - c)|^2 is least at c = 3/5
     ([1.0, 0.0], [2.0, 0.0], 0.999),     # <x1, x2> >= |x1|^2: x1 itself is the min-norm point
     ([2.0, 0.0], [1.0, 0.0], 0.001),     # <x1, x2> >= |x2|^2: x2 itself
+    ([1.0, 0.0], [1.0, 1.0], 0.999),     # <x1, x2> = |x1|^2 exactly: still the clip, not c = 1
+    ([1.0, 1.0], [1.0, 0.0], 0.001),     # <x1, x2> = |x2|^2 exactly: still the clip, not c = 0
     ([3.0, -1.0, 0.5], [-2.0, 0.5, 1.0], None),
     ([0.2, 0.1], [-4.0, 1.0], None),
 ])
@@ -64,13 +66,24 @@ def test_combine_by_hand_with_per_tensor_norms():
     # without conflict (k = 0.5) the new gradient is the plain sum, times gamma
     new = combine(g_mm, g_uni, torch.tensor(0.5), gamma=2.0)
     assert [g.tolist() for g in new] == [pytest.approx([0.0, 2.0]), pytest.approx([8.0])]
+    # at any scale: a tiny gradient (norm under the 0/0 guard's 1e-30) is not shrunk
+    tiny = combine([torch.tensor([1e-35])], [torch.tensor([1e-35])], torch.tensor(0.5), gamma=1.5)[0].item()
+    assert tiny / 3e-35 == pytest.approx(1.0, rel=1e-5)
 
 
-def make(cls=MMPareto, fusion="concat", **overrides):
+def test_grads_of_gives_zeros_for_a_parameter_the_loss_does_not_reach():
+    used, unused = torch.tensor([2.0, 3.0], requires_grad=True), torch.ones(2, 2, requires_grad=True)
+    loss = (used ** 2).sum()
+    g_used, g_unused = grads_of(loss, [used, unused])
+    assert g_used.tolist() == [4.0, 6.0] and g_unused.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert grads_of(loss, [used])[0].tolist() == [4.0, 6.0]  # the graph is kept for the next call
+
+
+def make(cls=MMPareto, fusion="concat", device=CPU, **overrides):
     torch.manual_seed(0)
     model = build_model(OmegaConf.create({"name": "tiny", "width": 4}), OmegaConf.create({"name": fusion}), 3)
     cfg = OmegaConf.create({"name": "mmpareto", "heads": "separate", "gamma": 1.5, "grads": "separate", **overrides})
-    return cls(cfg, model, device=CPU, seed=0), model
+    return cls(cfg, model, device=device, seed=0), model
 
 
 def batch(n=8):
@@ -149,6 +162,23 @@ def test_the_backward_equals_the_reference_four_backward_passes(sign):
         assert torch.allclose(got[n], want[n], rtol=1e-4, atol=1e-7), n
 
 
+def test_each_encoder_is_backpropagated_twice_per_step():
+    """The module's cost claim: g_mm and g_uni reach an encoder once each; the heads' pass stops at the features."""
+    method, model = make()
+    calls = {m: 0 for m in ("audio", "visual")}
+    for m in calls:
+        for p in model.encoder_params(m):
+            p.register_hook(lambda g, m=m: calls.__setitem__(m, calls[m] + 1))
+    method_step(method, model, batch())
+    n = {m: len(model.encoder_params(m)) for m in calls}
+    assert calls == {"audio": 2 * n["audio"], "visual": 2 * n["visual"]}
+
+
+def test_the_unimodal_heads_are_installed_on_the_methods_device():
+    method, model = make(device=torch.device("meta"))
+    assert {p.device.type for p in model.aux["unimodal"].parameters()} == {"meta"}
+
+
 def test_accumulated_is_balancebenchmarks_two_gamma_times_the_total_gradient():
     method, model = make(grads="accumulated")
     point_heads(model, -1.0)  # a conflict the separate gradients would see
@@ -195,3 +225,4 @@ def test_bad_gamma_is_a_one_line_error():
     with pytest.raises(ConfigError) as info:
         MMPareto.check_config(OmegaConf.create({"gamma": 0.0}))
     assert str(info.value) == "modulation.gamma=0.0 is not allowed; expected a number > 0"
+    MMPareto.check_config(OmegaConf.create({"gamma": 0.5}))  # a damping gamma < 1 is allowed
