@@ -182,6 +182,14 @@ def test_teachers_are_initialised_from_seed_plus_offset_plus_the_modality_index(
         assert all(torch.equal(got[k], want[k]) for k in want), m
 
 
+def test_a_fresh_teacher_leaves_the_global_rngs_alone_cuda_included(monkeypatch):
+    encoder = tiny_model().encoders["audio"]
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: pytest.fail("fresh_teacher reseeded CUDA"))
+    cpu = torch.get_rng_state()
+    fresh_teacher(encoder, 3, seed=1)
+    assert torch.equal(torch.get_rng_state(), cpu)
+
+
 def test_a_fresh_teacher_resets_the_students_batchnorm_statistics():
     model = tiny_model()
     bn = next(x for x in model.encoders["audio"].modules() if isinstance(x, nn.BatchNorm2d))
