@@ -60,7 +60,7 @@ def fresh_teacher(encoder: nn.Module, num_classes: int, seed: int) -> Teacher:
     """A copy of `encoder`'s architecture, initialised afresh from `seed` (the global RNG untouched:
     the student's run is the same with or without the teachers)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)   # the CPU generator only: torch.manual_seed would reseed CUDA for good
         teacher = Teacher(copy.deepcopy(encoder).cpu(), num_classes)
         for mod in teacher.modules():
             if mod is not teacher and hasattr(mod, "reset_parameters"):
