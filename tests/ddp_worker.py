@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 seen = {"eval_rows": {}}
 real_evaluate = trainer.evaluate
 real_eval_batches = ToyData.eval_batches
+real_train_batches = ToyData.train_batches
+
+
+def counting_train_batches(self, epoch, device=None, rows=None):  # rows this process trained on, per epoch
+    for b in real_train_batches(self, epoch, device, rows):
+        seen.setdefault("train_rows", {}).setdefault(epoch, []).extend(b.index.tolist())
+        yield b
 
 
 def counting_eval_batches(self, split, device=None, rows=None):  # rows this process evaluated, per split
@@ -35,6 +42,7 @@ if __name__ == "__main__":
     dump = Path(sys.argv.pop(1))
     trainer.evaluate = spy
     ToyData.eval_batches = counting_eval_batches
+    ToyData.train_batches = counting_train_batches
     dist.init_process_group("gloo")  # train() joins this group; the dump below uses it too
     rank = dist.get_rank()
     sys.argv[0] = str(ROOT / "train.py")
@@ -47,6 +55,6 @@ if __name__ == "__main__":
     eval_rows = dict(seen["eval_rows"])  # before the dump's own evaluation below
     _, pred = real_evaluate(model, data, "test", torch.device("cpu"), predictions=True)
     dump.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": model.state_dict(), "trained": seen["trained"], "pred": pred, "eval_rows": eval_rows, "world": dist.get_world_size(),
+    torch.save({"state": model.state_dict(), "trained": seen["trained"], "pred": pred, "eval_rows": eval_rows, "train_rows": seen.get("train_rows", {}), "world": dist.get_world_size(),
                 "local_rank": int(os.environ["LOCAL_RANK"])}, dump / f"rank{rank}.pt")
     dist.destroy_process_group()

@@ -170,6 +170,14 @@ def test_two_processes_give_the_one_process_coefficients(runs):
 
 
 @pytest.mark.slow
+def test_each_process_trains_on_its_own_half_and_together_on_every_row_once(runs):
+    rows = [torch.load(runs["base"] / "dump" / f"rank{r}.pt")["train_rows"] for r in range(2)]
+    for epoch in (0, 1):
+        assert len(rows[0][epoch]) == len(rows[1][epoch]) == 50  # 100 rows, 7 global batches of 16 (last 4)
+        assert sorted(rows[0][epoch] + rows[1][epoch]) == list(range(100))
+
+
+@pytest.mark.slow
 def test_replicas_stay_identical_with_ge_noise(runs):
     r0, r1 = (torch.load(runs["base"] / "dump" / f"rank{r}.pt") for r in range(2))
     assert r0["world"] == r1["world"] == 2 and {r0["local_rank"], r1["local_rank"]} == {0, 1}
