@@ -5,6 +5,7 @@ Fast: each process's share of the batches, the refusals, the launcher configs. S
 global batches: OGM-GE's coefficients, the replicas' weights, the gathered test predictions, the
 run directory, and a resume; a joblib-launched sweep."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ from avbalance.data.prepared import PreparedData
 from avbalance.data.toy import ToyData
 from avbalance.errors import ConfigError
 from avbalance.registry import METHODS
+import avbalance.trainer as trainer_module
+from avbalance.logger import NoLogger
 from avbalance.trainer import check_ddp, train
 
 from conftest import CONFIG_DIR, ROOT, make_cfg
@@ -237,3 +240,72 @@ def test_joblib_launcher_runs_a_two_run_sweep(tmp_path):
     assert [json.loads(s.read_text())["seed"] for s in summaries] == [0, 1]
     assert all(json.loads(s.read_text())["status"] == "ok" for s in summaries)
     shutil.rmtree(out)
+
+
+# --- the multi-process branches of train(), in one process ------------------------------------------
+class FakeWorld:
+    """Rank `rank` of 2 seen from one process: the collectives behave as if the other process held the
+    same values (sums double, means and maxima stay, a gather repeats), and DDP's wrapper is left out,
+    so train() runs its multi-process branches in the fast tier. What they write and call is recorded."""
+
+    def __init__(self, monkeypatch, rank: int):
+        self.env, self.calls = distributed.Env(rank, 2, 0), []
+        record = lambda name, f: lambda *a, **k: (self.calls.append(name), f(*a, **k))[1]  # noqa: E731
+        for name, f in {"setup": lambda device, backend="auto": (self.env, device), "active": lambda: True,
+                        "env": lambda: self.env, "all_sum": lambda x: x * 2, "all_mean": lambda x: x,
+                        "all_max": lambda x: x, "gather": lambda obj: [obj, obj], "broadcast": lambda obj: obj,
+                        "broadcast_buffers": lambda model: None, "barrier": lambda: None}.items():
+            monkeypatch.setattr(distributed, name, record(name, f))
+        monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                            lambda module, **kw: (self.calls.append(("ddp", tuple(sorted(kw.items())))), module)[1])
+        rows = self.train_rows = []
+        real = ToyData.train_batches
+
+        def counting(data, epoch, device=None, rows_=None):
+            for b in real(data, epoch, device, rows_):
+                rows.append(b.index.tolist())
+                yield b
+        monkeypatch.setattr(ToyData, "train_batches", counting)
+        level = logging.getLogger("avbalance").level
+        monkeypatch.setattr(logging.getLogger("avbalance"), "level", level)  # rank 1 raises it; restored after
+
+
+FAKE = ("epochs=2", "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16", "batch_size=16",
+        "modulation=ogm_ge", "ddp.find_unused_parameters=true")
+
+
+def snapshot(run: Path) -> dict:
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_rank_0_of_2_writes_the_run_and_takes_every_multiprocess_branch(tmp_path, monkeypatch):
+    world = FakeWorld(monkeypatch, rank=0)
+    train(make_cfg(*FAKE), tmp_path / "run")
+    files = {str(p) for p in snapshot(tmp_path / "run")}
+    assert {"config_resolved.yaml", "meta.json", "metrics.jsonl", "steps.csv", "summary.json", "curves.png",
+            "ckpt/last.pt", "ckpt/best.pt"} <= files
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["processes"] == 2
+    assert [len(b) for b in world.train_rows] == [8] * 8  # 64 rows, global batch 16: 8 per process, 4 steps x 2 epochs
+    assert ("ddp", (("device_ids", None), ("find_unused_parameters", True))) in world.calls
+    per_epoch = [c for c in world.calls if c in ("all_max", "broadcast_buffers", "barrier")]
+    assert per_epoch == ["all_max", "broadcast_buffers", "barrier"] * 2
+    assert world.calls.count("broadcast") == 1 and "setup" in world.calls
+
+
+def test_rank_1_of_2_trains_its_own_share_and_writes_nothing(tmp_path, monkeypatch, caplog):
+    FakeWorld(monkeypatch, rank=0)
+    train(make_cfg(*FAKE), tmp_path / "run")  # what rank 0 leaves: rank 1 reads its checkpoints
+    monkeypatch.undo()
+    before = snapshot(tmp_path / "run")
+    world = FakeWorld(monkeypatch, rank=1)
+    loggers = []
+    monkeypatch.setattr(trainer_module, "build_logger", lambda *a: loggers.append(a) or NoLogger())
+    with caplog.at_level(logging.INFO, logger="avbalance"):
+        train(make_cfg(*FAKE), tmp_path / "run")
+        assert logging.getLogger("avbalance").level == logging.WARNING
+    assert snapshot(tmp_path / "run") == before  # not a byte written, not a file added
+    assert loggers == []  # no experiment logger (wandb would make its own folder)
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+    one = [b.index.tolist() for b in ToyData(make_cfg(*FAKE).dataset, seed=0, batch_size=16,
+                                             device=torch.device("cpu")).train_batches(0)]
+    assert world.train_rows[:4] == [b[1::2] for b in one]  # rows 1, 3, 5, ... of each global batch
