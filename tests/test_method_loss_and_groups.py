@@ -137,3 +137,24 @@ def test_multitask_loss_is_the_sum_of_the_three_cross_entropies_and_logs_them_by
     ratio = true_class_prob_sum(out.logits_audio, y) / true_class_prob_sum(out.logits_visual, y)
     assert logs["mod/ratio"].item() == pytest.approx(ratio, rel=1e-6)
     assert method.after_backward(None, out, batch, 0) == {}  # no gradient edit
+
+
+def test_the_epoch_window_check_allows_a_one_epoch_window_and_names_the_bad_start():
+    from avbalance.errors import ConfigError
+    from avbalance.methods.base import check_epoch_window
+    check_epoch_window(OmegaConf.create({"start_epoch": 0, "end_epoch": 0}))  # inclusive: epoch 0 only
+    check_epoch_window(OmegaConf.create({"start_epoch": 5, "end_epoch": 5}))
+    for start in (-1, 6):
+        with pytest.raises(ConfigError) as e:
+            check_epoch_window(OmegaConf.create({"start_epoch": start, "end_epoch": 5}))
+        assert str(e.value) == (f"modulation.start_epoch={start} is not allowed; expected 0 <= start_epoch <= "
+                                f"modulation.end_epoch=5")
+
+
+def test_modules_a_method_added_get_their_own_aux_group():
+    model = build_model(OmegaConf.create({"name": "tiny", "width": 4}), OmegaConf.create({"name": "concat"}), 3)
+    model.aux["extra"] = torch.nn.Linear(2, 3)
+    model.aux["extra"].bias.requires_grad_(False)  # frozen parameters are left out
+    groups = Method(None, None, device=CPU, seed=0).param_groups(model)
+    assert [g["modality"] for g in groups] == ["audio", "visual", "head", "aux"]
+    assert groups[-1]["params"] == [model.aux["extra"].weight]
