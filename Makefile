@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install test test-all mutate demo clean reproduce-table data-avdigits data-cremad data-ave data-kinetics_sounds data-vggsound data-custom
+.PHONY: help install test test-all mutate mutate-rerun demo clean reproduce-table data-avdigits data-cremad data-ave data-kinetics_sounds data-vggsound data-custom
 RAW ?= raw
 DATA ?= data
 
@@ -33,6 +33,11 @@ mutate:  ## mutation testing of the core: make mutate [MODULE=avbalance.evaluate
 	rm -rf mutants/tests
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(if $(MUTANTS),'$(MUTANTS)'); \
 	  rc=$$?; $(BIN)/python scripts/mutation_report.py $(if $(MUTANTS),'$(MUTANTS)'); exit $$rc
+
+mutate-rerun:  ## re-run the mutants named in scripts/mutation_rerun.txt (survivors that tests added later kill)
+	rm -rf mutants/tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $$(cat scripts/mutation_rerun.txt); \
+	  rc=$$?; $(BIN)/python scripts/mutation_report.py; exit $$rc
 
 demo:  ## train on the built-in toy dataset (CPU, about a minute)
 	$(BIN)/python train.py
