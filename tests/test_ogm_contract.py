@@ -343,3 +343,10 @@ def test_ge_noise_is_made_on_the_gradients_device_not_torchs_default_device():
     for g, e in zip(grads, expected):
         assert g.device.type == "cpu"
         torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
+
+
+def test_plain_ogm_never_allocates_the_ge_noise_buffer():
+    model, batch = tiny_model(), tiny_batch()
+    method = OGM(ogm_cfg(ge=False, alpha=0.6), model, device=CPU, seed=0)
+    one_step(method, model, batch)
+    assert method._noise is None  # a model-sized buffer only when GE is on
