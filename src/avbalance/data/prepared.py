@@ -407,8 +407,7 @@ class PreparedData:
             raise ConfigError(f"dataset '{self.name}' has no split '{split}' at {self.root} (splits: {', '.join(self.split_names)})")
         policy = "even" if self.frame_selection == "random" else self.frame_selection  # eval never draws frames
         order = self.rows[split] if rows is None else self.rows[split][np.asarray(rows)]
-        reader = self._reader(split, [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)],
-                              policy, False, None)
+        reader = self._reader(split, rank_batches(order, self.batch_size), policy, False, None)
         for b in self._cpu_batches(reader, device):
             b = self._to_device(b, device)
             yield Batch(self._audio(b["audio"]), eval_frames(b["frames"], self.image_size), b["label"], b["index"])

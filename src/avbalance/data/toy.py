@@ -88,7 +88,7 @@ class ToyData:
 
     def eval_batches(self, split: str, device=None, rows: torch.Tensor | None = None):
         order = torch.arange(self.num_rows(split)) if rows is None else torch.as_tensor(rows)
-        return self._batches(split, list(order.split(self.batch_size)))
+        return self._batches(split, rank_batches(order, self.batch_size))
 
 
 @DATASETS.register("toy")
