@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -34,11 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src")]  # run from a checkout without installing
 
 from avbalance.data.base import Batch  # noqa: E402
+from avbalance.evaluate import evaluate  # noqa: E402
 from avbalance.data.prepared import _to_device, random_resized_crop_boxes, train_frames  # noqa: E402
+from avbalance.meter import DeviceMeter  # noqa: E402
 from avbalance.methods.base import Method  # noqa: E402
 from avbalance.methods.ogm import OGM, modulate_  # noqa: E402
 from avbalance.models.model import build_model  # noqa: E402
 from avbalance.optim import build_optimizer  # noqa: E402
+from avbalance import speed  # noqa: E402
 
 # dataset shape: batch, frames, stored frame side, fed frame side, spectrogram [F, T], classes, encoders
 SHAPES = {
@@ -84,6 +88,38 @@ class Timer:
         return {p: sum(s[i] for s in per) / len(per) for i, p in enumerate(PHASES)}
 
 
+def peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda max_memory_allocated"}
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process peak RSS (ru_maxrss), not resettable: the largest run so far"}
+
+
+class MemoryData:
+    """What evaluate() reads from a dataset, over batches already on the device (`reps` of them)."""
+
+    def __init__(self, batches: list[Batch], num_classes: int, reps: int):
+        self.batches, self.num_classes, self.reps = batches, num_classes, reps
+
+    def num_rows(self, split: str) -> int:
+        return self.reps * len(self.batches[0])
+
+    def eval_batches(self, split: str, device=None, rows=None):
+        return (self.batches[i % len(self.batches)] for i in range(self.reps))
+
+
+def wait_for_all(folder: Path, rank: int, n: int, timeout: float = 600.0) -> None:
+    """A file barrier for packed runs: process `rank` of `n` marks round r (its r-th timed
+    configuration) ready and waits until all `n` have."""
+    r = len(list(folder.glob(f"ready.{rank}.*")))
+    (folder / f"ready.{rank}.{r}").touch()
+    t0 = time.time()
+    while len(list(folder.glob(f"ready.*.{r}"))) < n:
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"packed benchmark: {n} processes did not all reach the barrier in {folder}")
+        time.sleep(0.005)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -95,13 +131,13 @@ def make_data(shape: dict, device: torch.device, mode: str, n: int = 4):
     B, T, S, (F_, T_) = shape["batch"], shape["frames"], shape["stored"], shape["spec"]
     out = []
     for _ in range(n):
-        frames = torch.randint(0, 256, (B, T, S, S, 3), generator=g, dtype=torch.uint8).to(device)
         audio = torch.randn(B, F_, T_, generator=g).half().to(device)
         label = torch.randint(0, shape["classes"], (B,), generator=g).to(device)
         if mode == "memory":
             visual = torch.randn(B, 3, T, shape["image"], shape["image"], generator=g).to(device)
             out.append(Batch(audio.float().unsqueeze(1), visual, label, torch.arange(B, device=device)))
         else:
+            frames = torch.randint(0, 256, (B, T, S, S, 3), generator=g, dtype=torch.uint8).to(device)
             out.append((frames, audio, label))
     return out
 
@@ -118,18 +154,22 @@ def next_batch(data, i: int, shape: dict, device: torch.device, g: torch.Generat
     return Batch(audio.float().unsqueeze(1), visual, label, torch.arange(B, device=device))
 
 
-def build(shape: dict, fusion: str, modulation: str, device: torch.device, channels_last: bool, compile_: bool):
+def speed_cfg(args) -> SimpleNamespace:
+    """The trainer's `speed.*` settings from the command line (the same defaults)."""
+    return SimpleNamespace(channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
+                           fused_optimizer=args.fused_optimizer, compile=args.compile)
+
+
+def build(shape: dict, fusion: str, modulation: str, device: torch.device, sp: SimpleNamespace):
+    """Model, method and optimizer as the trainer builds them (trainer.train)."""
     torch.manual_seed(0)
     model_cfg = Cfg(name=shape["model"], **({"width": 8, "depth": 2} if shape["model"] == "tiny" else {}))
     model = build_model(model_cfg, Cfg(name=fusion), shape["classes"]).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    speed.configure(sp, device)
+    model = speed.prepare_model(model, sp, device)
     method = (OGM if modulation != "none" else Method)(method_cfg(modulation), model, device=device, seed=0)
     optimizer = build_optimizer(SimpleNamespace(name="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4),
-                                method.param_groups(model))
-    if compile_:
-        for enc in model.encoders.values():
-            enc.compile()
+                                method.param_groups(model), fused=speed.fused_optimizer(sp, device))
     return model, method, optimizer
 
 
@@ -138,35 +178,38 @@ def run(args, modulation: str) -> dict:
     device, shape = torch.device(args.device), dict(SHAPES[args.shape])
     if args.batch_size:
         shape["batch"] = args.batch_size
-    model, method, optimizer = build(shape, args.fusion, modulation, device, args.channels_last, args.compile)
+    model, method, optimizer = build(shape, args.fusion, modulation, device, speed_cfg(args))
     data = make_data(shape, device, args.data)
     g = torch.Generator().manual_seed(1)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")  # noqa: E731
     timer = Timer(device)
+    meter, nonfinite = DeviceMeter(method.trace), torch.zeros((), dtype=torch.bool, device=device)
 
     def step(i: int, row: list | None) -> None:  # the trainer's step(), with marks between its phases
         mark = timer.mark if row is not None else (lambda _: None)
         mark(row)
         batch = next_batch(data, i, shape, device, g, args.data)
-        if args.channels_last:
-            batch.audio = batch.audio.contiguous(memory_format=torch.channels_last)
         mark(row)
         with autocast():
             out = model.fuse(model.encode(batch.audio, batch.visual))
-            loss, _ = method.loss(out, batch, 0)
+            loss, logs = method.loss(out, batch, 0)
         mark(row)
         optimizer.zero_grad(set_to_none=True)
         method.backward(loss)
         mark(row)
-        method.after_backward(model, out, batch, 0)
+        logs |= method.after_backward(model, out, batch, 0)
         mark(row)
         optimizer.step()
+        meter.add(logs)  # the trainer's per-step bookkeeping, on the device
+        nonfinite.logical_or_(~torch.isfinite(loss.detach()))
         mark(row)
 
     model.train()
     for i in range(args.warmup):
         step(i, None)
     sync(device)
+    if args.barrier:  # packed runs: every process starts its timed steps together
+        wait_for_all(Path(args.barrier), args.packed_rank, args.packed_of)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -177,27 +220,25 @@ def run(args, modulation: str) -> dict:
     wall = time.perf_counter() - t0
     phases = timer.phases_ms()
 
-    model.eval()  # evaluation: the no_grad forward on ready batches (eval_frames is a resize)
-    eval_batches = make_data(shape, device, "memory", n=2)
-    with torch.no_grad(), autocast():
-        for i in range(max(1, args.warmup)):
-            model(eval_batches[i % 2].audio, eval_batches[i % 2].visual)
-        sync(device)
-        t1 = time.perf_counter()
-        for i in range(args.steps):
-            model(eval_batches[i % 2].audio, eval_batches[i % 2].visual)
-        sync(device)
-    eval_wall = time.perf_counter() - t1
-
     B = shape["batch"]
-    if device.type == "cuda":
-        peak = {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda max_memory_allocated"}
-    else:
-        peak = {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "peak_memory_kind": "process peak RSS (ru_maxrss), not resettable: the largest run so far"}
+    peak = peak_memory(device)
+    del data
+    evals, eval_peaks = {}, {}
+    for eb in args.eval_batch_size or [B]:  # the real evaluate() over ready batches (eval_frames is a resize)
+        mem = MemoryData(make_data(dict(shape, batch=eb), device, "memory", n=2), shape["classes"], args.steps)
+        evaluate(model, MemoryData(mem.batches, shape["classes"], max(1, args.warmup)), "val", device, args.precision)
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t1 = time.perf_counter()
+        evaluate(model, mem, "val", device, args.precision)  # ends with its one host transfer
+        evals[eb] = eb * args.steps / (time.perf_counter() - t1)
+        eval_peaks[eb] = peak_memory(device)["peak_memory_bytes"]
+        del mem
     return {"modulation": modulation, "batch_size": B, "steps": args.steps, "step_ms": 1000 * wall / args.steps,
             "samples_per_second": B * args.steps / wall, "phases_ms": phases,
-            "eval_samples_per_second": B * args.steps / eval_wall, **peak}
+            "eval_samples_per_second": evals[next(iter(evals))], "eval_samples_per_second_by_batch": evals,
+            "eval_peak_memory_bytes_by_batch": eval_peaks, **peak}
 
 
 # ----------------------------------------------------------------------------- GE alone: before / after
@@ -230,7 +271,7 @@ def allocated_bytes(fn, device: torch.device) -> int:
 def ge_micro(args) -> dict:
     """GE's modulation alone on both encoders' conv gradients of the chosen shape."""
     device, shape = torch.device(args.device), SHAPES[args.shape]
-    model, method, _ = build(shape, args.fusion, "ogm_ge", device, False, False)
+    model, method, _ = build(shape, args.fusion, "ogm_ge", device, speed_cfg(args))
     grads = {m: [torch.randn_like(p) for p in ps] for m, ps in method.params.items()}
     k = torch.tensor(0.7, device=device)
     owners = {m: torch.repeat_interleave(torch.tensor([g.numel() for g in gs])).to(device) for m, gs in grads.items()}
@@ -256,6 +297,46 @@ def ge_micro(args) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median step time (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["step_ms"])[(len(runs) - 1) // 2]
+
+
+def packed(args, argv: list[str]) -> dict:
+    """`--packed N`: N copies of this benchmark as separate processes on the same device, their timed
+    steps started together (a file barrier); samples/s is their sum, peak memory per process."""
+    import tempfile
+    n, child, skip = args.packed, [], False
+    for a in argv:  # the same arguments less --packed N (and --json: each process writes its own)
+        if not skip and not a.startswith(("--packed", "--json")):
+            child.append(a)
+        skip = a in ("--packed", "--json")
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [subprocess.Popen([sys.executable, __file__, *child, "--barrier", tmp, "--packed-rank", str(i),
+                                   "--packed-of", str(n), "--json", str(Path(tmp) / f"{i}.json")],
+                                  stdout=subprocess.DEVNULL) for i in range(n)]
+        if any([proc.wait() for proc in procs]):  # a list: wait for every process
+            raise SystemExit(f"packed benchmark: a process failed (exit codes {[proc.returncode for proc in procs]})")
+        reports = [json.loads((Path(tmp) / f"{i}.json").read_text()) for i in range(n)]
+    device = torch.device(args.device)
+    report = {"environment": environment(device, argv), "processes": n, "per_process": reports, "packed": []}
+    for j, r0 in enumerate(reports[0]["runs"]):
+        rs = [rep["runs"][j] for rep in reports]
+        report["packed"].append({"modulation": r0["modulation"], "samples_per_second": sum(r["samples_per_second"] for r in rs),
+                                 "samples_per_second_each": [r["samples_per_second"] for r in rs],
+                                 "peak_memory_bytes_each": [r["peak_memory_bytes"] for r in rs]})
+    env = report["environment"]
+    print(f"# {env['device']}, torch {env['torch']}, commit {env['commit']}; {n} processes packed, shape {args.shape}, "
+          f"{args.precision}, data {args.data}, {args.steps} steps each")
+    for r in report["packed"]:
+        print(f"{r['modulation']:<12}{r['samples_per_second']:>11.1f} samples/s together  (each: "
+              + ", ".join(f"{x:.0f}" for x in r["samples_per_second_each"]) + "; peak MiB each: "
+              + ", ".join(f"{b / 2**20:.0f}" for b in r["peak_memory_bytes_each"]) + ")")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def environment(device: torch.device, argv: list[str]) -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -263,7 +344,8 @@ def environment(device: torch.device, argv: list[str]) -> dict:
         dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
-        commit, dirty = "unknown", False
+        commit, dirty = "", False
+    commit = commit or os.environ.get("AVBALANCE_COMMIT", "unknown")  # a copy of the tree without .git
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
     return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "commit": commit + ("-dirty" if dirty else ""), "command": " ".join(["python scripts/bench_train.py", *argv])}
@@ -291,27 +373,43 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=0, help="0: the shape's own")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--eval-batch-size", type=int, nargs="+", help="evaluation batch sizes to time (default: the batch)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="speed.channels_last (CUDA)")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="speed.cudnn_benchmark (CUDA)")
+    p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True, help="speed.fused_optimizer (CUDA)")
+    p.add_argument("--compile", action="store_true", help="speed.compile: torch.compile the encoders")
     p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
+    p.add_argument("--repeats", type=int, default=1, help="runs per modulation, interleaved; the median run is reported")
+    p.add_argument("--packed", type=int, default=1, help="N processes at once on one device (a packed sweep): their sum")
     p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--barrier", help=argparse.SUPPRESS)  # set by --packed for its processes
+    p.add_argument("--packed-rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--packed-of", type=int, default=1, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.packed < 1:
+        p.error("--steps, --repeats and --packed must be >= 1 and --warmup >= 0")
+    if args.packed > 1:
+        return packed(args, argv)
     device = torch.device(args.device)
     report = {"environment": environment(device, argv), "shape": {"name": args.shape, **SHAPES[args.shape]},
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     mods = ["none", args.modulation] if args.compare and args.modulation != "none" else [args.modulation]
-    report["runs"] = [run(args, m) for m in mods]
+    # interleaved (none, ogm_ge, none, ogm_ge, ...): slow drifts of the clock hit both alike
+    runs = [run(args, m) for _ in range(args.repeats) for m in mods]
+    report["all_runs"] = runs
+    report["runs"] = [median_run([r for r in runs if r["modulation"] == m]) for m in mods]
     env = report["environment"]
     print(f"# {env['device']}, torch {env['torch']}, {env['threads']} threads, commit {env['commit']}; shape {args.shape} "
-          f"(batch {report['runs'][0]['batch_size']}), {args.fusion}, {args.precision}, data {args.data}, {args.steps} steps")
+          f"(batch {report['runs'][0]['batch_size']}), {args.fusion}, {args.precision}, data {args.data}, {args.steps} steps"
+          + (f", median of {args.repeats} runs" if args.repeats > 1 else ""))
     print(table(report["runs"]))
     if len(report["runs"]) == 2:
         base, mod = report["runs"]
         report["overhead"] = {"step_time": mod["step_ms"] / base["step_ms"] - 1,
-                              "modulation_share": mod["phases_ms"]["modulation"] / mod["step_ms"]}
+                              "modulation_share": mod["phases_ms"]["modulation"] / mod["step_ms"],
+                              "step_time_each_repeat": [runs[2 * i + 1]["step_ms"] / runs[2 * i]["step_ms"] - 1
+                                                        for i in range(args.repeats)]}
         print(f"{args.modulation} vs none: step time {100 * report['overhead']['step_time']:+.1f}%, modulation phase "
               f"{100 * report['overhead']['modulation_share']:.1f}% of the step")
     if args.ge_micro:

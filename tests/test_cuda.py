@@ -105,3 +105,20 @@ def test_bf16_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tmp_path, monk
     train(cfg, tmp_path / "run")
     assert seen and set(seen) == {torch.bfloat16}
     assert {p.dtype for p in models[0].parameters()} == {torch.float32}
+
+
+def test_speed_settings_are_in_force_while_training(tmp_path, monkeypatch):
+    # speed.* defaults: channels_last weights, cudnn.benchmark, the fused SGD kernel
+    made = {}
+    real_opt = trainer_module.build_optimizer
+
+    def recording_opt(cfg, groups, fused=False):
+        made["optimizer"] = real_opt(cfg, groups, fused=fused)
+        return made["optimizer"]
+    monkeypatch.setattr(trainer_module, "build_optimizer", recording_opt)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    train(make_cfg("modulation=ogm_ge", "epochs=1", "device=cuda", "precision=bf16"), tmp_path / "run")
+    opt = made["optimizer"]
+    assert opt.defaults["fused"] is True and torch.backends.cudnn.benchmark is True
+    convs = [p for g in opt.param_groups for p in g["params"] if p.dim() == 4]
+    assert convs and all(p.is_cuda and p.is_contiguous(memory_format=torch.channels_last) for p in convs)

@@ -62,7 +62,7 @@ def log_lines():
 
 class FakeTime:
     """perf_counter advancing 0.5 s a call. The loop reads it at the epoch's start, after the
-    training steps and after the evaluation: 0.5 s of training and 1 s per epoch."""
+    training steps and after the evaluation: 0.5 s of training, 0.5 s of evaluation, 1 s per epoch."""
 
     def __init__(self):
         self.now = 100.0
@@ -141,6 +141,7 @@ def test_rows_hold_the_epochs_step_means_and_evaluation(run):
         assert {k[4:]: v for k, v in row.items() if k.startswith("val/")} == val
         assert row["lr"] == pytest.approx(LR * GAMMA ** epoch)  # the rate the epoch trained with
         assert row["epoch_seconds"] == 1.0 and row["samples_per_second"] == 128 / 0.5  # the fake clock
+        assert row["val_samples_per_second"] == run["cfg"].dataset.n_val / 0.5  # every val row, in 0.5 s
     assert min(rows[0]["mod/coeff_audio_mean"], rows[0]["mod/coeff_visual_mean"]) < 1.0
 
 

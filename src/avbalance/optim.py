@@ -6,14 +6,16 @@ import torch
 from .errors import ConfigError
 
 
-def build_optimizer(cfg, param_groups: list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(cfg, param_groups: list[dict], fused: bool = False) -> torch.optim.Optimizer:
+    """`fused`: the CUDA kernel that updates every parameter in one launch (speed.fused_optimizer)."""
     groups = [g for g in param_groups if g["params"]]
+    kw = {"fused": True} if fused else {}
     if cfg.name == "sgd":  # reference: SGD(lr 1e-3, momentum 0.9, weight_decay 1e-4) on all parameters
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kw)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kw)
     raise ConfigError(f"optim.name={cfg.name!r}; expected one of ['adam', 'adamw', 'sgd']")
 
 

@@ -48,6 +48,15 @@ class DDPConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """GPU speed (src/avbalance/speed.py); each applies on CUDA only, except compile."""
+    channels_last: bool = True        # NHWC convolutions (tensor cores)
+    cudnn_benchmark: bool = True      # cuDNN times its algorithms per input shape once, keeps the fastest
+    fused_optimizer: bool = True      # one fused CUDA kernel for the optimizer step (same update rule)
+    compile: bool = False             # torch.compile each encoder
+
+
+@dataclass
 class TrainConfig:
     model: Any = MISSING
     dataset: Any = MISSING
@@ -67,6 +76,7 @@ class TrainConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     skip_done: bool = False           # a run dir that already holds a finished summary.json: return at once
     mode: Mode = Mode.train           # eval: evaluate `ckpt` instead of training
     ckpt: Optional[str] = None

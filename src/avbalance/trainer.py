@@ -11,7 +11,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, speed
 from .config import resolve_device, validate
 from .errors import ConfigError, DataNotPreparedError, NonFiniteLossError
 from .diagnostics import linear_probe, missing_modality
@@ -119,11 +119,13 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
                           f"least one clip to select the epoch on (set dataset.selection_split=<a split with clips>)")
     torch.manual_seed(cfg.seed)  # model init depends on the seed only, not on what came before
     model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)
+    speed.configure(cfg.speed, device)
+    model = speed.prepare_model(model, cfg.speed, device)  # before the method keeps its parameter lists
     if cfg.ddp.sync_batchnorm and env.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     method = METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)
     data = method.prepare_data(data)  # e.g. a held-out part of train (G-Blending); usually `data` itself
-    optimizer = build_optimizer(cfg.optim, method.param_groups(model))
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model), fused=speed.fused_optimizer(cfg.speed, device))
     scheduler = build_scheduler(cfg.optim, optimizer)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
     ctx = {"model": model, "data": data, "optimizer": optimizer, "run_dir": run_dir}  # what the method's hooks see
@@ -195,16 +197,18 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         if nonfinite.item():
             kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
             raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, {kept} (try a lower optim.lr or precision=fp32)")
-        train_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]  # methods that scale a group's rate log their scales (mod/*)
         scheduler.step()
-        val = evaluate(model, data, sel, device, cfg.precision)
+        val = evaluate(model, data, sel, device, cfg.precision)  # ends with its host transfer: timed whole
+        t2 = time.perf_counter()
         method.on_epoch_end(epoch, ctx | {"val": val})  # after validation: methods driven by it (MSLR)
 
         row = {"epoch": epoch, **{k: v for k, v in means.items() if not k.startswith("mod/")},
                **{f"val/{k}": v for k, v in val.items()},
                **{f"{k}_mean": v for k, v in means.items() if k.startswith("mod/")}, "lr": lr,
-               "epoch_seconds": time.perf_counter() - t0, "samples_per_second": n_seen / train_seconds}
+               "epoch_seconds": t2 - t0, "samples_per_second": n_seen / (t1 - t0),
+               "val_samples_per_second": data.num_rows(sel) / (t2 - t1)}
         new_steps = [(epoch, i, *vals) for i, vals in enumerate(zip(*(traces[k] for k in method.trace)))]
         if val["acc"] > best["acc"]:
             best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 11 in one go, for a machine lent for a few minutes: the CUDA tests, the
+# training-step benchmark (bf16/fp32, batches in memory / with the device-side augmentation, OGM-GE
+# against none), GE alone, packed processes, and training end to end from a CREMA-D-shaped store
+# with train.py (one run, and a packed sweep through hydra/launcher=pack).
+#
+#   bash scripts/gpu_checks.sh [core|extra|all]    # results under $OUT (default /tmp/gpu_checks)
+#   PY=.venv/bin/python DEVICE=cpu QUICK=1 bash scripts/gpu_checks.sh all   # a dry run on the CPU
+#
+# core: what the targets need; extra: ablations (each speed setting off), torch.compile, and bf16
+# against fp32 accuracy on toy (3 seeds, packed). Each step has its own time limit, logs to
+# $WORK/results/<step>.log and the run goes on after a failure; $OUT/steps.tsv lists rc and seconds,
+# and $OUT/gpu_checks.tar.gz (rewritten after each step) holds every log and JSON. BUDGET=<seconds>:
+# steps that might not end within it are skipped (a lease is short; the order is the priority).
+set -u
+PART=${1:-core}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-/tmp/gpu_checks}
+WORK=${WORK:-/tmp/gpu_work}
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
+if [ -n "${QUICK:-}" ]; then  # the CPU dry run: tiny shapes, few steps, a small store
+  SHAPE=tiny STEPS=3 WARM=1 REP=2 EVALB="8 16" SCALE=0.01 EPOCHS=2 MODEL="model=tiny model.width=8" BIG=8 EXTRA_TRAIN="dataset.image_size=32"
+else
+  SHAPE=cremad STEPS=50 WARM=15 REP=3 EVALB="64 256 1024" SCALE=1 EPOCHS=3 MODEL="model=resnet18" BIG=100 EXTRA_TRAIN=""
+fi
+B="$PY scripts/bench_train.py --shape $SHAPE --device $DEVICE"
+T="dataset=custom dataset.root=$WORK/store dataset.selection_split=val $MODEL $EXTRA_TRAIN \
+  precision=bf16 epochs=$EPOCHS device=$DEVICE ckpt_every=$EPOCHS"  # train.py on the store of step 'store'
+G="modulation=ogm_ge modulation.alpha=0.8"  # CREMA-D's alpha
+
+T0=$(date +%s)
+BUDGET=${BUDGET:-100000}   # seconds for the whole script: a step that might not end in time is skipped
+R=$WORK/results            # everything lands here; $OUT gets steps.tsv, all.log and one archive after each step
+mkdir -p "$R"
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, log, record rc and seconds
+  local name=$1 limit=$2; shift 2
+  if [ $(( $(date +%s) - T0 + limit )) -gt "$BUDGET" ]; then
+    printf "%s\tskipped (budget)\t0\n" "$name" | tee -a "$OUT/steps.tsv"; return
+  fi
+  local t0=$(date +%s.%N)
+  echo "=== $name: $*" | tee -a "$OUT/all.log"
+  timeout "$limit" bash -c "$*" >"$R/$name.log" 2>&1
+  local rc=$? t1=$(date +%s.%N)
+  tail -n 12 "$R/$name.log" | tee -a "$OUT/all.log"
+  printf "%s\t%s\t%.1f\n" "$name" "$rc" "$(echo "$t1 - $t0" | bc)" | tee -a "$OUT/steps.tsv"
+  cp "$OUT/steps.tsv" "$R/" && tar -C "$R" -czf "$OUT/gpu_checks.tar.gz.part" . && mv "$OUT/gpu_checks.tar.gz.part" "$OUT/gpu_checks.tar.gz"
+}
+
+core() {
+  step env 60 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true;
+    $PY -c 'import torch, torchvision, sys; print(sys.version); print(torch.__version__, torchvision.__version__, torch.version.cuda, torch.cuda.is_available())'; nproc"
+  if [ -d .whl ]; then  # Hydra and OmegaConf for train.py and the tests (README of the device tool)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  step bench_bf16_memory 150 "$B --precision bf16 --data memory --compare --repeats $REP --steps $STEPS --warmup $WARM \
+    --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
+  step bench_bf16_augment 100 "$B --precision bf16 --data augment --compare --repeats $REP --steps $STEPS --warmup $WARM \
+    --json $R/bench_bf16_augment.json"
+  step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
+    tests/test_mslr.py tests/test_opm.py -k 'cuda or speed or bench or CUDA'"
+  step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
+  step packed4 120 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --packed 4 \
+    --json $R/packed4.json"
+  step store 90 "$PY scripts/make_bench_store.py --out $WORK/store --scale $SCALE"
+  step e2e_ogm_ge 100 "$PY train.py $T $G hydra.run.dir=$WORK/runs/e2e_ogm_ge && cp $WORK/runs/e2e_ogm_ge/metrics.jsonl $R/e2e_ogm_ge.jsonl"
+  step e2e_none 100 "$PY train.py $T modulation=none hydra.run.dir=$WORK/runs/e2e_none && cp $WORK/runs/e2e_none/metrics.jsonl $R/e2e_none.jsonl"
+  step e2e_pack4 180 "$PY train.py -m $T $G hydra/launcher=pack hydra.launcher.n_jobs=4 seed=0,1,2,3 \
+    hydra.sweep.dir=$WORK/runs/pack4 && for d in $WORK/runs/pack4/*/; do cp \$d/metrics.jsonl $R/pack4_\$(basename \$d).jsonl; done"
+  step bench_fp32_augment 80 "$B --precision fp32 --data augment --compare --steps $STEPS --warmup $WARM \
+    --eval-batch-size $EVALB --json $R/bench_fp32_augment.json"
+}
+
+extra() {
+  [ -d .whl ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  step compile 170 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile --json $R/compile.json"
+  step ablate_plain 80 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM \
+    --no-channels-last --no-cudnn-benchmark --no-fused-optimizer --json $R/ablate_plain.json"
+  step ablate_nchw 60 "$B --precision bf16 --data memory --steps $STEPS --warmup $WARM --no-channels-last --json $R/ablate_nchw.json"
+  step e2e_ogm_ge_w4 100 "$PY train.py $T $G num_workers=4 hydra.run.dir=$WORK/runs/e2e_w4 && cp $WORK/runs/e2e_w4/metrics.jsonl $R/e2e_ogm_ge_w4.jsonl"
+  step packed2 90 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --packed 2 \
+    --json $R/packed2.json"
+  step toy_bf16_fp32 180 "$PY train.py -m hydra/launcher=pack hydra.launcher.n_jobs=6 device=$DEVICE precision=fp32,bf16 seed=0,1,2 \
+    hydra.sweep.dir=$WORK/runs/toy_precision && for d in $WORK/runs/toy_precision/*/; do cp \$d/summary.json $R/toy_\$(basename \$d).json; done"
+}
+
+case $PART in
+  core) core ;;
+  extra) extra ;;
+  all) core; extra ;;
+  *) echo "usage: $0 [core|extra|all]"; exit 2 ;;
+esac
+echo "=== steps (name, rc, seconds); results in $OUT/gpu_checks.tar.gz"; cat "$OUT/steps.tsv"

@@ -1,0 +1,82 @@
+"""speed.*: the GPU settings apply on a CUDA device and nowhere else (a CPU run is the same program
+with or without them). The CUDA branch is checked here with a device *name*: no GPU is needed to
+see that the model is made channels_last, cudnn.benchmark is set and the optimizer is fused;
+tests/test_cuda.py trains with them on a GPU."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from avbalance import speed
+from avbalance.models import build_model
+from avbalance.optim import build_optimizer
+
+from conftest import make_cfg
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model(OmegaConf.create({"name": "tiny", "width": 4}), OmegaConf.create({"name": "concat"}), 3)
+
+
+def _convs(model):
+    return [p for p in model.parameters() if p.dim() == 4]
+
+
+def _cfg(**kw):
+    return SimpleNamespace(**({"channels_last": True, "cudnn_benchmark": True, "fused_optimizer": True, "compile": False} | kw))
+
+
+def test_defaults_are_on_except_compile():
+    assert OmegaConf.to_container(make_cfg().speed) == {"channels_last": True, "cudnn_benchmark": True,
+                                                        "fused_optimizer": True, "compile": False}
+
+
+def test_on_cuda_the_convolutions_go_channels_last_and_the_values_stay():
+    model = _model()
+    before = [p.detach().clone() for p in _convs(model)]
+    params = list(model.parameters())
+    out = speed.prepare_model(model, _cfg(), CUDA)
+    assert out is model and list(model.parameters()) == params  # the same Parameter objects: methods keep theirs
+    convs = _convs(model)
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # (a 1-channel kernel is both)
+    assert all(torch.equal(a, b) for a, b in zip(before, convs))
+
+
+@pytest.mark.parametrize("device, cl", [(CPU, True), (CUDA, False)])
+def test_channels_last_only_on_cuda_and_only_when_asked(device, cl):
+    model = speed.prepare_model(_model(), _cfg(channels_last=cl), device)
+    assert all(p.is_contiguous() for p in _convs(model))
+
+
+def test_cudnn_benchmark_is_set_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    speed.configure(_cfg(), CPU)
+    assert torch.backends.cudnn.benchmark is False
+    speed.configure(_cfg(), CUDA)
+    assert torch.backends.cudnn.benchmark is True
+    speed.configure(_cfg(cudnn_benchmark=False), CUDA)
+    assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_optimizer_on_cuda_only(name):
+    assert speed.fused_optimizer(_cfg(), CUDA) is True
+    assert speed.fused_optimizer(_cfg(), CPU) is False
+    assert speed.fused_optimizer(_cfg(fused_optimizer=False), CUDA) is False
+    cfg = OmegaConf.create({"name": name, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "betas": [0.9, 0.99]})
+    params = [{"params": list(_model().parameters())}]
+    assert build_optimizer(cfg, params, fused=True).defaults["fused"] is True
+    assert not build_optimizer(cfg, params).defaults.get("fused")
+
+
+def test_compile_wraps_each_encoder_and_nothing_else():
+    model = speed.prepare_model(_model(), _cfg(compile=True), CPU)
+    assert all(enc._compiled_call_impl is not None for enc in model.encoders.values())
+    assert model._compiled_call_impl is None and model.head._compiled_call_impl is None
+    plain = speed.prepare_model(_model(), _cfg(), CPU)
+    assert all(enc._compiled_call_impl is None for enc in plain.encoders.values())
