@@ -40,12 +40,12 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log, record rc and 
   if [ $(( $(date +%s) - T0 + limit )) -gt "$BUDGET" ]; then
     printf "%s\tskipped (budget)\t0\n" "$name" | tee -a "$OUT/steps.tsv"; return
   fi
-  local t0=$(date +%s.%N)
+  local t0=$(date +%s%N)
   echo "=== $name: $*" | tee -a "$OUT/all.log"
   timeout "$limit" bash -c "$*" >"$R/$name.log" 2>&1
-  local rc=$? t1=$(date +%s.%N)
+  local rc=$? t1=$(date +%s%N)
   tail -n 12 "$R/$name.log" | tee -a "$OUT/all.log"
-  printf "%s\t%s\t%.1f\n" "$name" "$rc" "$(echo "$t1 - $t0" | bc)" | tee -a "$OUT/steps.tsv"
+  printf "%s\t%s\t%d.%d\n" "$name" "$rc" $(( (t1 - t0) / 1000000000 )) $(( (t1 - t0) / 100000000 % 10 )) | tee -a "$OUT/steps.tsv"
   cp "$OUT/steps.tsv" "$R/" && tar -C "$R" -czf "$OUT/gpu_checks.tar.gz.part" . && mv "$OUT/gpu_checks.tar.gz.part" "$OUT/gpu_checks.tar.gz"
 }
 
