@@ -345,7 +345,8 @@ def environment(device: torch.device, argv: list[str]) -> dict:
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
         commit, dirty = "", False
-    commit = commit or os.environ.get("AVBALANCE_COMMIT", "unknown")  # a copy of the tree without .git
+    # AVBALANCE_COMMIT wins: a copy of the tree sent to another machine may carry no .git or a stale one
+    commit, dirty = os.environ.get("AVBALANCE_COMMIT") or commit or "unknown", dirty and not os.environ.get("AVBALANCE_COMMIT")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
     return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "commit": commit + ("-dirty" if dirty else ""), "command": " ".join(["python scripts/bench_train.py", *argv])}

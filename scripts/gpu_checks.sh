@@ -20,6 +20,7 @@ OUT=${OUT:-/tmp/gpu_checks}
 WORK=${WORK:-/tmp/gpu_work}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
+export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}  # the package without installing it (train.py, tests)
 if [ -n "${QUICK:-}" ]; then  # the CPU dry run: tiny shapes, few steps, a small store
   SHAPE=tiny STEPS=3 WARM=1 REP=2 EVALB="8 16" SCALE=0.01 EPOCHS=2 MODEL="model=tiny model.width=8" BIG=8 EXTRA_TRAIN="dataset.image_size=32"
 else
