@@ -18,6 +18,9 @@ TINY = ["dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64", "dataset
         "dataset.image_size=12", "model.width=4", "batch_size=64", "device=cpu"]
 
 
+TIMINGS = ("epoch_seconds", "samples_per_second", "val_samples_per_second")  # the wall-clock columns of a metrics row
+
+
 def make_cfg(*overrides: str, tiny: bool = True):
     schema.register()
     with initialize_config_dir(version_base=None, config_dir=str(CONFIG_DIR)):

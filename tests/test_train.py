@@ -9,7 +9,7 @@ from avbalance.registry import FUSIONS, METHODS
 from avbalance.rundir import load_checkpoint
 from avbalance.trainer import format_summary, train
 
-from conftest import make_cfg
+from conftest import TIMINGS, make_cfg
 
 
 @pytest.mark.parametrize("fusion", FUSIONS.names())
@@ -32,7 +32,7 @@ def test_run_directory_contents(tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     required = {"epoch", "train/loss", "val/acc", "val/acc_audio", "val/acc_visual", "val/f1", "mod/ratio_mean",
-                "mod/coeff_audio_mean", "mod/coeff_visual_mean", "lr", "epoch_seconds", "samples_per_second"}
+                "mod/coeff_audio_mean", "mod/coeff_visual_mean", "lr", *TIMINGS}
     assert required <= set(rows[0])
     # coefficients are logged as applied: 1 after the window (epoch 2)
     assert rows[2]["mod/coeff_audio_mean"] == 1.0 and rows[2]["mod/coeff_visual_mean"] == 1.0
@@ -85,7 +85,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, modulation):
 
     def strip(path):  # timings differ between runs, everything else must not
         rows = [json.loads(ln) for ln in path.read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "samples_per_second")} for r in rows]
+        return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
     assert strip(tmp_path / "cut" / "metrics.jsonl") == strip(tmp_path / "full" / "metrics.jsonl")
     assert (tmp_path / "cut" / "steps.csv").read_text() == (tmp_path / "full" / "steps.csv").read_text()
     assert {k: v for k, v in resumed.items() if k != "last"} == {k: v for k, v in full.items() if k != "last"}

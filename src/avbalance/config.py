@@ -18,7 +18,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{missing[0]} must be set (add {missing[0]}=... to the command line)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not allowed; expected one of ['auto', 'cpu', 'cuda', 'cuda:N']")
-    for key in ("epochs", "batch_size", "ckpt_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "ckpt_every"):
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
     if cfg.num_workers < 0:

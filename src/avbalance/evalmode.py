@@ -80,7 +80,7 @@ def run_eval(cfg, ckpt: Path, out_dir: Path) -> dict:
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     state = read_checkpoint(ckpt, device)  # before the data: a wrong path fails at once
     # as trainer.train: the data first, then the seed, then the model
-    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size,
+    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                                             num_workers=cfg.num_workers, device=device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)

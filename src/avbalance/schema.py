@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N (checked in config.validate)
     epochs: int = II("dataset.epochs")
     batch_size: int = 64
+    eval_batch_size: int = 256        # evaluation passes (speed only: eval-mode BatchNorm)
     precision: Precision = Precision.fp32
     num_workers: int = 0
     ckpt_every: int = 1               # epochs between writes of ckpt/last.pt (always after the last epoch)

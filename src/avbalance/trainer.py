@@ -110,7 +110,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     choices = dict(choices or {})
 
     shard = {"rank": env.rank, "world": env.world} if env.world > 1 else {}  # each process its share of every batch
-    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size,
+    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                                             num_workers=cfg.num_workers, device=device, **shard)
     if env.world > 1:
         check_ddp(cfg, env, device, data)

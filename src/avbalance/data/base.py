@@ -54,6 +54,13 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return g
 
 
+def split_batch_size(data, split: str) -> int:
+    """Training batches are `batch_size` (the optimisation's); every other pass over a split is an
+    evaluation-mode one, in batches of `eval_batch_size` (speed only: eval-mode BatchNorm makes a
+    sample's output independent of its batch)."""
+    return data.batch_size if split == "train" else data.eval_batch_size
+
+
 def rank_batches(order, batch_size: int, rank: int = 0, world: int = 1) -> list:
     """The epoch's batches: `order` (a tensor or array of rows) cut into batches of `batch_size`,
     the last one partial as in the reference. Under DDP `batch_size` is the global batch and each
@@ -96,7 +103,7 @@ class HeldOut:
         return self.inner.num_rows(split) if rows is None else len(rows)
 
     def num_batches(self, split: str) -> int:
-        return -(-self.num_rows(split) // self.inner.batch_size)
+        return -(-self.num_rows(split) // split_batch_size(self.inner, split))
 
     def train_batches(self, epoch: int, device=None, rows=None):
         return self.inner.train_batches(epoch, device, rows=self.kept if rows is None else self.kept[rows])

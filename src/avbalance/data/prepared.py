@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, DataNotPreparedError
 from ..registry import DATASETS
-from .base import Batch, epoch_generator, rank_batches
+from .base import Batch, epoch_generator, rank_batches, split_batch_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -290,13 +290,15 @@ def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the DataModule
 
 class PreparedData:
-    def __init__(self, cfg, *, seed: int, batch_size: int, num_workers: int = 0, device=None, rank: int = 0, world: int = 1):
+    def __init__(self, cfg, *, seed: int, batch_size: int, num_workers: int = 0, device=None, rank: int = 0, world: int = 1,
+                 eval_batch_size: int | None = None):
         self.name, self.root = cfg.name, Path(cfg.root)
         self.rank, self.world = rank, world
         if not (self.root / "manifest.json").exists():
             raise DataNotPreparedError(f"dataset '{self.name}' is not prepared at {self.root}: run `{cfg.prep_command}`")
         manifest = json.loads((self.root / "manifest.json").read_text())
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
+        self.eval_batch_size = eval_batch_size or batch_size
         self.device = torch.device(device or "cpu")
         self.frames, self.image_size = int(cfg.frames), int(cfg.image_size)
         self.frame_selection = cfg.get("frame_selection", "even")
@@ -355,7 +357,7 @@ class PreparedData:
         return len(self.rows[split])
 
     def num_batches(self, split: str) -> int:
-        return -(-self.num_rows(split) // self.batch_size)
+        return -(-self.num_rows(split) // split_batch_size(self, split))
 
     def _reader(self, split: str, batches: list[np.ndarray], frame_policy: str, audio_random: bool, g) -> EpochReader:
         a = self.arrays[split]
@@ -407,7 +409,7 @@ class PreparedData:
             raise ConfigError(f"dataset '{self.name}' has no split '{split}' at {self.root} (splits: {', '.join(self.split_names)})")
         policy = "even" if self.frame_selection == "random" else self.frame_selection  # eval never draws frames
         order = self.rows[split] if rows is None else self.rows[split][np.asarray(rows)]
-        reader = self._reader(split, rank_batches(order, self.batch_size), policy, False, None)
+        reader = self._reader(split, rank_batches(order, self.eval_batch_size), policy, False, None)
         for b in self._cpu_batches(reader, device):
             b = self._to_device(b, device)
             yield Batch(self._audio(b["audio"]), eval_frames(b["frames"], self.image_size), b["label"], b["index"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import DATASETS
-from .base import Batch, epoch_generator, rank_batches
+from .base import Batch, epoch_generator, rank_batches, split_batch_size
 
 SPLIT_STREAMS = {"train": 1, "val": 2, "test": 3}
 
@@ -57,8 +57,10 @@ def make_toy(cfg, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torc
 class ToyData:
     name = "toy"
 
-    def __init__(self, cfg, *, seed: int, batch_size: int, device: torch.device, rank: int = 0, world: int = 1, **_):
+    def __init__(self, cfg, *, seed: int, batch_size: int, device: torch.device, rank: int = 0, world: int = 1,
+                 eval_batch_size: int | None = None, **_):
         self.seed, self.batch_size, self.rank, self.world = seed, batch_size, rank, world
+        self.eval_batch_size = eval_batch_size or batch_size
         self.num_classes = int(cfg.num_classes)
         self.class_names = [f"class{i}" for i in range(self.num_classes)]
         self.selection_split = cfg.selection_split
@@ -72,7 +74,7 @@ class ToyData:
         return len(self.data[split][2])
 
     def num_batches(self, split: str) -> int:
-        return -(-self.num_rows(split) // self.batch_size)
+        return -(-self.num_rows(split) // split_batch_size(self, split))
 
     def _batches(self, split: str, batches: list[torch.Tensor]):
         audio, visual, label = self.data[split]
@@ -88,7 +90,7 @@ class ToyData:
 
     def eval_batches(self, split: str, device=None, rows: torch.Tensor | None = None):
         order = torch.arange(self.num_rows(split)) if rows is None else torch.as_tensor(rows)
-        return self._batches(split, rank_batches(order, self.batch_size))
+        return self._batches(split, rank_batches(order, self.eval_batch_size))
 
 
 @DATASETS.register("toy")
