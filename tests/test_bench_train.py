@@ -65,3 +65,54 @@ def test_bad_arguments_are_refused():
         bench_train.main(["--steps", "0", "--device", "cpu"])
     with pytest.raises(SystemExit):
         bench_train.main(["--shape", "imagenet"])
+
+
+def test_repeats_interleave_the_modulations_and_report_the_median_run():
+    report = bench_train.main(["--shape", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "0", "--compare",
+                               "--repeats", "3", "--eval-batch-size", "4", "8"])
+    runs = report["all_runs"]
+    assert [r["modulation"] for r in runs] == ["none", "ogm_ge"] * 3
+    for m, chosen in zip(("none", "ogm_ge"), report["runs"]):
+        times = sorted(r["step_ms"] for r in runs if r["modulation"] == m)
+        assert chosen["modulation"] == m and chosen["step_ms"] == times[1]
+    each = report["overhead"]["step_time_each_repeat"]
+    assert each == pytest.approx([runs[2 * i + 1]["step_ms"] / runs[2 * i]["step_ms"] - 1 for i in range(3)])
+    assert all(set(r["eval_samples_per_second_by_batch"]) == {4, 8} for r in runs)
+    assert all(v > 0 for r in runs for v in r["eval_samples_per_second_by_batch"].values())
+
+
+def test_packed_runs_separate_processes_and_sums_them(tmp_path):
+    out = tmp_path / "packed.json"
+    report = bench_train.main(["--shape", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "0", "--packed", "2",
+                               "--json", str(out)])
+    assert report["processes"] == 2 and len(report["per_process"]) == 2
+    (row,) = report["packed"]
+    each = [p["runs"][0]["samples_per_second"] for p in report["per_process"]]
+    assert row["modulation"] == "ogm_ge" and row["samples_per_second_each"] == each
+    assert row["samples_per_second"] == pytest.approx(sum(each)) and len(row["peak_memory_bytes_each"]) == 2
+    assert json.loads(out.read_text())["packed"][0]["samples_per_second"] == pytest.approx(sum(each))
+
+
+def test_the_speed_flags_reach_the_model_and_optimizer(monkeypatch):
+    seen = []
+    real = bench_train.speed.prepare_model
+    monkeypatch.setattr(bench_train.speed, "prepare_model", lambda m, cfg, d: seen.append(vars(cfg).copy()) or real(m, cfg, d))
+    bench_train.main(["--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--no-channels-last",
+                      "--no-fused-optimizer"])
+    assert seen and seen[0] == {"channels_last": False, "cudnn_benchmark": True, "fused_optimizer": False, "compile": False}
+
+
+def test_make_bench_store_writes_a_prepared_dataset_of_cremad_shapes(tmp_path):
+    import numpy as np
+    import make_bench_store
+    root = make_bench_store.main(["--out", str(tmp_path / "s"), "--scale", "0.002"])
+    sizes = {s: max(1, round(n * 0.002)) for s, n in make_bench_store.SPLITS.items()}
+    for split, n in sizes.items():
+        frames = np.load(root / split / "frames.npy", mmap_mode="r")
+        audio = np.load(root / split / "audio.npy", mmap_mode="r")
+        assert frames.shape == (n, 1, 256, 256, 3) and audio.shape == (n, 257, 188) and audio.dtype == np.float16
+        assert np.load(root / split / "done.npy").all()
+        assert set(np.load(root / split / "labels.npy").tolist()) <= set(range(6))
+    assert json.loads((root / "manifest.json").read_text())["class_names"] == [f"class{c}" for c in range(6)]
+    with pytest.raises(SystemExit):
+        make_bench_store.main(["--out", str(tmp_path / "t"), "--frames", "0"])
