@@ -49,13 +49,14 @@ def test_resume_uses_the_runs_own_config_and_refuses_contradictions(tmp_path):
     assert (run / ".hydra" / "overrides.yaml").read_text() == overrides
     assert json.loads((run / "summary.json").read_text()) == again
 
-    # a safe key extends the run: epochs 2 -> 3 continues from the checkpoint
+    # safe keys: epochs 2 -> 3 continues from the checkpoint; speed settings may change with it
     before = rows(run)
-    rc, _, err = cli("resume=true", f"hydra.run.dir={run}", "epochs=3", cwd=tmp_path)
+    rc, _, err = cli("resume=true", f"hydra.run.dir={run}", "epochs=3", "eval_batch_size=32", "speed.compile=false", cwd=tmp_path)
     assert rc == 0, err
     assert [r["epoch"] for r in rows(run)] == [0, 1, 2] and rows(run)[:2] == before
     cfg = yaml.safe_load((run / "config_resolved.yaml").read_text())
     assert (cfg["epochs"], cfg["modulation"]["name"], cfg["fusion"]["name"], cfg["seed"]) == (3, "ogm", "sum", 3)
+    assert cfg["eval_batch_size"] == 32
     assert (run / ".hydra" / "overrides.yaml").read_text() == overrides
     assert len(json.loads((run / "meta.json").read_text())["resumes"]) == 2
 

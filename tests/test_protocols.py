@@ -149,4 +149,4 @@ def test_eval_mode_evaluates_a_runs_checkpoint_with_the_runs_config(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "train.py"), "mode=eval", f"ckpt={run}/ckpt/best.pt", "fusion=concat"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 2 and p.stderr.strip() == (
-        "error: mode=eval: fusion would change the run's saved config; only epochs, device, num_workers, logger may change")
+        "error: mode=eval: fusion would change the run's saved config; only epochs, device, num_workers, eval_batch_size, speed, logger may change")

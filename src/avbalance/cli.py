@@ -34,7 +34,7 @@ from .rundir import atomic_write_text, load_checkpoint, read_json, write_json
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 # keys a resume may change: they move or extend the run without changing what it computes
-RESUME_SAFE = ("epochs", "device", "num_workers", "logger")
+RESUME_SAFE = ("epochs", "device", "num_workers", "eval_batch_size", "speed", "logger")  # what a resume may change
 RESUME_HINT = ".venv/bin/python train.py resume=true hydra.run.dir={}"
 log = logging.getLogger("avbalance")
 
