@@ -157,7 +157,7 @@ def next_batch(data, i: int, shape: dict, device: torch.device, g: torch.Generat
 def speed_cfg(args) -> SimpleNamespace:
     """The trainer's `speed.*` settings from the command line (the same defaults)."""
     return SimpleNamespace(channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
-                           fused_optimizer=args.fused_optimizer, compile=args.compile)
+                           fused_optimizer=args.fused_optimizer, compile=args.compile, compile_mode=args.compile_mode)
 
 
 def build(shape: dict, fusion: str, modulation: str, device: torch.device, sp: SimpleNamespace):
@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="speed.cudnn_benchmark (CUDA)")
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True, help="speed.fused_optimizer (CUDA)")
     p.add_argument("--compile", action="store_true", help="speed.compile: torch.compile the encoders")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="speed.compile_mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
     p.add_argument("--repeats", type=int, default=1, help="runs per modulation, interleaved; the median run is reported")
     p.add_argument("--packed", type=int, default=1, help="N processes at once on one device (a packed sweep): their sum")

@@ -61,6 +61,8 @@ core() {
     --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
   step bench_bf16_augment 100 "$B --precision bf16 --data augment --compare --repeats $REP --steps $STEPS --warmup $WARM \
     --json $R/bench_bf16_augment.json"
+  step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
+    --compile-mode reduce-overhead --json $R/compile_ro.json"
   step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
     tests/test_mslr.py tests/test_opm.py -k 'cuda or speed or bench or CUDA'"
   step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"

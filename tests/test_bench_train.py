@@ -99,7 +99,8 @@ def test_the_speed_flags_reach_the_model_and_optimizer(monkeypatch):
     monkeypatch.setattr(bench_train.speed, "prepare_model", lambda m, cfg, d: seen.append(vars(cfg).copy()) or real(m, cfg, d))
     bench_train.main(["--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--no-channels-last",
                       "--no-fused-optimizer"])
-    assert seen and seen[0] == {"channels_last": False, "cudnn_benchmark": True, "fused_optimizer": False, "compile": False}
+    assert seen and seen[0] == {"channels_last": False, "cudnn_benchmark": True, "fused_optimizer": False, "compile": False,
+                                "compile_mode": "default"}
 
 
 def test_make_bench_store_writes_a_prepared_dataset_of_cremad_shapes(tmp_path):

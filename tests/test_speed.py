@@ -27,12 +27,13 @@ def _convs(model):
 
 
 def _cfg(**kw):
-    return SimpleNamespace(**({"channels_last": True, "cudnn_benchmark": True, "fused_optimizer": True, "compile": False} | kw))
+    return SimpleNamespace(**({"channels_last": True, "cudnn_benchmark": True, "fused_optimizer": True, "compile": False,
+                                "compile_mode": "default"} | kw))
 
 
 def test_defaults_are_on_except_compile():
     assert OmegaConf.to_container(make_cfg().speed) == {"channels_last": True, "cudnn_benchmark": True,
-                                                        "fused_optimizer": True, "compile": False}
+                                                        "fused_optimizer": True, "compile": False, "compile_mode": "default"}
 
 
 def test_on_cuda_the_convolutions_go_channels_last_and_the_values_stay():
@@ -74,8 +75,11 @@ def test_fused_optimizer_on_cuda_only(name):
     assert not build_optimizer(cfg, params).defaults.get("fused")
 
 
-def test_compile_wraps_each_encoder_and_nothing_else():
-    model = speed.prepare_model(_model(), _cfg(compile=True), CPU)
+def test_compile_wraps_each_encoder_and_nothing_else(monkeypatch):
+    modes, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: modes.append(kw.get("mode")) or real(fn, **kw))
+    model = speed.prepare_model(_model(), _cfg(compile=True, compile_mode="reduce-overhead"), CPU)
+    assert modes == ["reduce-overhead"] * len(model.encoders)
     assert all(enc._compiled_call_impl is not None for enc in model.encoders.values())
     assert model._compiled_call_impl is None and model.head._compiled_call_impl is None
     plain = speed.prepare_model(_model(), _cfg(), CPU)

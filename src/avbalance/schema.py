@@ -24,6 +24,7 @@ CropPer = Choice("CropPer", {v: v for v in ("frame", "clip")})
 Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "mean", "probe")})
 Scheduler = Choice("Scheduler", {v: v for v in ("step", "none")})
 ConvNorm = Choice("ConvNorm", {v: v for v in ("batch", "none")})
+CompileMode = Choice("CompileMode", {v: v for v in ("default", "reduce-overhead", "max-autotune")})  # torch.compile's
 WandbMode = Choice("WandbMode", {v: v for v in ("offline", "online", "disabled")})
 
 
@@ -54,6 +55,7 @@ class SpeedConfig:
     cudnn_benchmark: bool = True      # cuDNN times its algorithms per input shape once, keeps the fastest
     fused_optimizer: bool = True      # one fused CUDA kernel for the optimizer step (same update rule)
     compile: bool = False             # torch.compile each encoder
+    compile_mode: CompileMode = CompileMode["default"]  # torch.compile's mode (reduce-overhead: CUDA graphs)
 
 
 @dataclass
