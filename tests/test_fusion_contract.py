@@ -156,3 +156,23 @@ def test_sum_keeps_the_full_bias_at_evaluation_by_default():
     out = h(a, v)
     assert torch.allclose(out.logits_audio, lin(a, h.fc_a), atol=1e-5)
     assert torch.allclose(out.logits_visual, lin(v, h.fc_v), atol=1e-5)
+
+
+def test_a_head_that_leaves_out_unimodal_gets_its_native_estimate():
+    # a plug-in head may call FusionHead.__init__ without `unimodal`: it then uses its own `native`
+    from avbalance.models.fusion import FusionHead
+
+    class Plain(FusionHead):
+        native = "mean"
+
+        def __init__(self, da, dv, num_classes):
+            super().__init__(da, dv, num_classes)
+            self.fc = torch.nn.Linear(da + dv, num_classes)
+
+        def fuse(self, a, v):
+            return self.fc(torch.cat([a, v], 1))
+
+    head = Plain(4, 5, 3)
+    assert head.unimodal == "mean"
+    out = head(torch.randn(6, 4), torch.randn(6, 5))
+    assert out.logits.shape == out.logits_audio.shape == out.logits_visual.shape == (6, 3)
