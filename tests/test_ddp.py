@@ -309,3 +309,20 @@ def test_rank_1_of_2_trains_its_own_share_and_writes_nothing(tmp_path, monkeypat
     one = [b.index.tolist() for b in ToyData(make_cfg(*FAKE).dataset, seed=0, batch_size=16,
                                              device=torch.device("cpu")).train_batches(0)]
     assert world.train_rows[:4] == [b[1::2] for b in one]  # rows 1, 3, 5, ... of each global batch
+
+
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_the_ddp_backend_setting_reaches_the_process_group(tmp_path, monkeypatch, backend):
+    # train() hands ddp.backend to distributed.setup, which starts the process group with it
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_setup(device, backend="auto"):
+        seen.append((device, backend))
+        raise Stop
+    monkeypatch.setattr(distributed, "setup", recording_setup)
+    with pytest.raises(Stop):
+        train(make_cfg(f"ddp.backend={backend}"), tmp_path / "run")
+    assert seen == [(torch.device("cpu"), backend)]
