@@ -326,3 +326,24 @@ def test_the_ddp_backend_setting_reaches_the_process_group(tmp_path, monkeypatch
     with pytest.raises(Stop):
         train(make_cfg(f"ddp.backend={backend}"), tmp_path / "run")
     assert seen == [(torch.device("cpu"), backend)]
+
+
+def test_under_two_processes_train_applies_the_ddp_refusals(tmp_path, monkeypatch):
+    # the checks of check_ddp run inside train() as soon as there are two processes
+    FakeWorld(monkeypatch, rank=0)
+    with pytest.raises(ConfigError, match="modulation=mmpareto does not support multi-process"):
+        train(make_cfg(*FAKE, "modulation=mmpareto"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="ddp.sync_batchnorm=true needs CUDA"):
+        train(make_cfg(*FAKE, "ddp.sync_batchnorm=true"), tmp_path / "b")
+
+
+@pytest.mark.parametrize("world, sync, converted", [(1, True, False), (2, False, False)])
+def test_batchnorm_is_made_synchronous_only_when_asked_and_several_processes_run(tmp_path, monkeypatch, world, sync,
+                                                                                 converted):
+    # ddp.* acts only under several processes; there sync_batchnorm=false keeps per-process BatchNorm
+    if world == 2:
+        FakeWorld(monkeypatch, rank=0)
+    calls = []
+    monkeypatch.setattr(torch.nn.SyncBatchNorm, "convert_sync_batchnorm", lambda model, *a, **k: calls.append(model) or model)
+    train(make_cfg(*FAKE, f"ddp.sync_batchnorm={str(sync).lower()}", "epochs=1"), tmp_path / "run")
+    assert bool(calls) == converted
