@@ -337,13 +337,17 @@ def test_under_two_processes_train_applies_the_ddp_refusals(tmp_path, monkeypatc
         train(make_cfg(*FAKE, "ddp.sync_batchnorm=true"), tmp_path / "b")
 
 
-@pytest.mark.parametrize("world, sync, converted", [(1, True, False), (2, False, False)])
+@pytest.mark.parametrize("world, sync, converted", [(1, True, False), (2, False, False), (2, True, True)])
 def test_batchnorm_is_made_synchronous_only_when_asked_and_several_processes_run(tmp_path, monkeypatch, world, sync,
                                                                                  converted):
-    # ddp.* acts only under several processes; there sync_batchnorm=false keeps per-process BatchNorm
+    # ddp.* acts only under several processes; there sync_batchnorm=false keeps per-process BatchNorm.
+    # (2, True) needs CUDA for real: here check_ddp's CPU refusal is lifted and the conversion recorded
     if world == 2:
         FakeWorld(monkeypatch, rank=0)
-    calls = []
+        monkeypatch.setattr(trainer_module, "check_ddp", lambda *a: None)
+    calls, built = [], []
     monkeypatch.setattr(torch.nn.SyncBatchNorm, "convert_sync_batchnorm", lambda model, *a, **k: calls.append(model) or model)
+    real_build = trainer_module.build_model
+    monkeypatch.setattr(trainer_module, "build_model", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     train(make_cfg(*FAKE, f"ddp.sync_batchnorm={str(sync).lower()}", "epochs=1"), tmp_path / "run")
-    assert bool(calls) == converted
+    assert calls == (built if converted else [])  # the run's own model, converted once
