@@ -337,19 +337,23 @@ def packed(args, argv: list[str]) -> dict:
     return report
 
 
-def environment(device: torch.device, argv: list[str]) -> dict:
+def git_commit() -> str:
+    """The checkout's commit (+ "-dirty"); AVBALANCE_COMMIT wins: a copy of the tree sent to another
+    machine may carry no .git, or a stale one."""
+    if os.environ.get("AVBALANCE_COMMIT"):
+        return os.environ["AVBALANCE_COMMIT"]
+    git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except OSError:
-        commit, dirty = "", False
-    # AVBALANCE_COMMIT wins: a copy of the tree sent to another machine may carry no .git or a stale one
-    commit, dirty = os.environ.get("AVBALANCE_COMMIT") or commit or "unknown", dirty and not os.environ.get("AVBALANCE_COMMIT")
+        return "unknown"
+
+
+def environment(device: torch.device, argv: list[str]) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
     return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "commit": commit + ("-dirty" if dirty else ""), "command": " ".join(["python scripts/bench_train.py", *argv])}
+            "commit": git_commit(), "command": " ".join(["python scripts/bench_train.py", *argv])}
 
 
 def table(results: list[dict]) -> str:

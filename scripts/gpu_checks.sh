@@ -4,7 +4,7 @@
 # against none), GE alone, packed processes, and training end to end from a CREMA-D-shaped store
 # with train.py (one run, and a packed sweep through hydra/launcher=pack).
 #
-#   bash scripts/gpu_checks.sh [core|extra|all]    # results under $OUT (default /tmp/gpu_checks)
+#   bash scripts/gpu_checks.sh [core|extra|all]    # results under $OUT (default runs/gpu_checks)
 #   PY=.venv/bin/python DEVICE=cpu QUICK=1 bash scripts/gpu_checks.sh all   # a dry run on the CPU
 #
 # core: what the targets need; extra: ablations (each speed setting off), torch.compile, and bf16
@@ -16,9 +16,9 @@ set -u
 PART=${1:-core}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-OUT=${OUT:-/tmp/gpu_checks}
-WORK=${WORK:-/tmp/gpu_work}
-mkdir -p "$OUT" "$WORK"
+OUT=${OUT:-runs/gpu_checks}
+WORK=${WORK:-runs/gpu_work}   # the store (about 2.4 GB at full scale), the runs and the wheels' install
+mkdir -p "$OUT" "$WORK" && OUT=$(cd "$OUT" && pwd) && WORK=$(cd "$WORK" && pwd)
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}  # the package without installing it (train.py, tests)
 if [ -n "${QUICK:-}" ]; then  # the CPU dry run: tiny shapes, few steps, a small store
@@ -54,8 +54,8 @@ core() {
   step env 60 "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true;
     $PY -c 'import torch, torchvision, sys; print(sys.version); print(torch.__version__, torchvision.__version__, torch.version.cuda, torch.cuda.is_available())'; nproc"
   if [ -d .whl ]; then  # Hydra and OmegaConf for train.py and the tests (README of the device tool)
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
+      && export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   step bench_bf16_memory 150 "$B --precision bf16 --data memory --compare --repeats $REP --steps $STEPS --warmup $WARM \
     --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
@@ -78,7 +78,7 @@ core() {
 }
 
 extra() {
-  [ -d .whl ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  [ -d .whl ] && export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
   step compile 170 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile --json $R/compile.json"
   step ablate_plain 80 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM \
     --no-channels-last --no-cudnn-benchmark --no-fused-optimizer --json $R/ablate_plain.json"

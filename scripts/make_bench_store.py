@@ -2,8 +2,8 @@
 training end to end from the store (the loader, the device-side augmentation, the step and
 evaluation) on a machine without the real clips:
 
-    python scripts/make_bench_store.py --out /tmp/bench_cremad
-    python train.py dataset=custom dataset.root=/tmp/bench_cremad dataset.selection_split=val model=resnet18 \
+    python scripts/make_bench_store.py --out data/bench_cremad
+    python train.py dataset=custom dataset.root=data/bench_cremad dataset.selection_split=val model=resnet18 \
         modulation=ogm_ge modulation.alpha=0.8 precision=bf16 epochs=3
 
 Shapes as data_prep.cremad stores them: uint8 frames at 256x256 (`--frames` per clip), a float16

@@ -26,7 +26,7 @@ def prepare_model(model: nn.Module, cfg, device: torch.device) -> nn.Module:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
         for enc in model.encoders.values():
-            enc.compile(mode=str(getattr(cfg, "compile_mode", "default")))
+            enc.compile(mode=str(cfg.compile_mode))
     return model
 
 
