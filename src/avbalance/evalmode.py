@@ -15,7 +15,8 @@ from .diagnostics import linear_probe, missing_modality
 from .errors import ConfigError
 from .evaluate import PRED_COLUMNS, evaluate
 from .models import build_model
-from .registry import DATASETS, METHODS
+from .data import build_data
+from .registry import METHODS
 from .rundir import atomic_write_text, load_checkpoint, write_json
 
 
@@ -80,8 +81,7 @@ def run_eval(cfg, ckpt: Path, out_dir: Path) -> dict:
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     state = read_checkpoint(ckpt, device)  # before the data: a wrong path fails at once
     # as trainer.train: the data first, then the seed, then the model
-    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                            num_workers=cfg.num_workers, device=device)
+    data = build_data(cfg, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.fusion, data.num_classes).to(device)
     METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)  # adds its modules (model.aux)

@@ -22,7 +22,8 @@ from .methods.base import Method
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_run
-from .registry import DATASETS, METHODS
+from .data import build_data
+from .registry import METHODS
 from .rundir import MetricsLog, atomic_write_text, load_checkpoint, meta, save_checkpoint, write_json
 
 log = logging.getLogger("avbalance")
@@ -110,8 +111,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     choices = dict(choices or {})
 
     shard = {"rank": env.rank, "world": env.world} if env.world > 1 else {}  # each process its share of every batch
-    data = DATASETS.get(cfg.dataset.loader)(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                                            num_workers=cfg.num_workers, device=device, **shard)
+    data = build_data(cfg, device, **shard)
     if env.world > 1:
         check_ddp(cfg, env, device, data)
     if data.num_batches(data.selection_split) == 0:
