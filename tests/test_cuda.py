@@ -25,8 +25,8 @@ class SyncErrors:
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeypatch, precision):
+@pytest.mark.parametrize("precision,preload", [("fp32", "off"), ("bf16", "off"), ("bf16", "all")])
+def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeypatch, precision, preload):
     root = make_dataset(tmp_path / "data", splits=(("train", 40), ("val", 9), ("test", 9)), skip=())
     steps = []
 
@@ -52,18 +52,19 @@ def test_ogm_ge_steps_and_evaluate_on_prepared_data_never_sync(tmp_path, monkeyp
     cfg = make_cfg("dataset=custom", f"dataset.root={root}", "dataset.num_classes=3", "dataset.image_size=16",
                    "dataset.frames=2", "dataset.selection_split=val", "model=tiny", "model.width=8", "batch_size=8",
                    "modulation=ogm_ge", "modulation.alpha=0.8", "epochs=2", "device=cuda", f"precision={precision}",
-                   tiny=False)
+                   f"speed.preload={preload}", tiny=False)
     summary = train(cfg, tmp_path / "run")
     assert len(steps) == 2 * 5 and 0 <= summary["test/acc"] <= 1
 
 
-@pytest.mark.parametrize("crop_per", ["frame", "clip"])
-def test_train_batches_never_sync(tmp_path, crop_per):
+@pytest.mark.parametrize("crop_per,preload", [("frame", "off"), ("clip", "off"), ("frame", "all")])
+def test_train_batches_never_sync(tmp_path, crop_per, preload):
     # the data path on its own: the read, the pinned copies, the crop boxes and flips and the
     # normalisation of every batch after the first (which starts the reader, caches the constants)
     from test_prepared_loader import cfg as data_cfg
-    data = PreparedData(data_cfg(make_dataset(tmp_path / "data"), crop_per=crop_per), seed=0, batch_size=4)
-    it = data.train_batches(0, torch.device("cuda"))
+    data = PreparedData(data_cfg(make_dataset(tmp_path / "data"), crop_per=crop_per), seed=0, batch_size=4,
+                        preload=preload)
+    it = data.train_batches(0, torch.device("cuda"))  # preload=all: the first batch makes the copy
     first = next(it)
     n = 1
     with SyncErrors():

@@ -518,11 +518,12 @@ def test_the_dataset_is_built_from_the_runs_settings(tmp_path, monkeypatch):
         return data
     monkeypatch.setitem(DATASETS._entries, "toy", recording)
     cfg = make_cfg("epochs=2", "modulation=none", "dataset.n_train=64", "seed=4", "batch_size=32", "eval_batch_size=48",
-                   "num_workers=1")
+                   "num_workers=1", "speed.preload=eval")
     train(cfg, tmp_path)
     (dataset_cfg, kw), *batches = seen
     assert dataset_cfg == cfg.dataset
-    assert kw == {"seed": 4, "batch_size": 32, "eval_batch_size": 48, "num_workers": 1, "device": torch.device("cpu")}
+    assert kw == {"seed": 4, "batch_size": 32, "eval_batch_size": 48, "num_workers": 1, "preload": "eval",
+                  "device": torch.device("cpu")}
     cpu = torch.device("cpu")  # the loop asks for each epoch's batches on the run's device
     assert batches == [("train_batches", (0, cpu), {}), ("train_batches", (1, cpu), {})]
 

@@ -24,6 +24,7 @@ CropPer = Choice("CropPer", {v: v for v in ("frame", "clip")})
 Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "mean", "probe")})
 Scheduler = Choice("Scheduler", {v: v for v in ("step", "none")})
 ConvNorm = Choice("ConvNorm", {v: v for v in ("batch", "none")})
+Preload = Choice("Preload", {v: v for v in ("auto", "off", "eval", "all")})
 CompileMode = Choice("CompileMode", {v: v for v in ("default", "reduce-overhead", "max-autotune")})  # torch.compile's
 WandbMode = Choice("WandbMode", {v: v for v in ("offline", "online", "disabled")})
 
@@ -56,6 +57,7 @@ class SpeedConfig:
     fused_optimizer: bool = True      # one fused CUDA kernel for the optimizer step (same update rule)
     compile: bool = False             # torch.compile each encoder
     compile_mode: CompileMode = CompileMode["default"]  # torch.compile's mode (reduce-overhead: CUDA graphs)
+    preload: Preload = Preload.auto   # prepared splits copied to the device once: auto (CUDA, if they fit) | off | eval | all
 
 
 @dataclass

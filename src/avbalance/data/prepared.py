@@ -16,12 +16,17 @@ Audio: `audio_crop: N` keeps N spectrogram columns, a random window in training 
 one in evaluation (the reference also crops randomly at test time on VGGSound: a deviation).
 
 All randomness comes from epoch_generator(seed, epoch, stream), so a resumed run reproduces.
+
+`preload` (speed.preload): a split's arrays copied to the device once, on first use; its batches are
+then gathers there, with no read, pinning or copy on the host (the same batches, bit for bit).
 """
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,8 @@ from .base import Batch, epoch_generator, rank_batches, split_batch_size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STREAM_ORDER, STREAM_PICK, STREAM_AUG = 0, 1, 2  # independent random streams of one epoch
+PRELOAD = ("auto", "off", "eval", "all")
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- reading (CPU)
@@ -177,6 +184,65 @@ def _thread_prefetch(reader: EpochReader, pin: bool, depth: int = 3):
         stop.set()  # the consumer stopped early (break, exception): let the thread end
 
 
+# ----------------------------------------------------------------------------- preloaded splits (device)
+
+def _stored_frames(arrays) -> int:
+    """Frames a split's clips hold at most (the store's padding beyond them is never read)."""
+    return max(1, int(np.max(arrays.a["n_frames"], initial=1)))
+
+
+def split_nbytes(arrays) -> int:
+    """Device bytes of a preloaded split: its stored frames (decoded), spectrograms and labels."""
+    (H, W), (F_, T_) = arrays.format["frame_hw"], arrays.format["audio_shape"]
+    return len(arrays.a["labels"]) * (_stored_frames(arrays) * H * W * 3 + F_ * T_ * 2 + 8)
+
+
+class DeviceSplit:
+    """A split's arrays copied to `device` once (speed.preload): batch k of an epoch's plan is then
+    a gather on the device. Gives what EpochReader gives for the same plan (rows sorted in a batch)."""
+
+    def __init__(self, arrays, device: torch.device, chunk: int = 256):
+        a = arrays.a
+        labels = np.asarray(a["labels"])
+        n, t_max = len(labels), _stored_frames(arrays)
+        (H, W), (F_, T_) = arrays.format["frame_hw"], arrays.format["audio_shape"]
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+        self.audio = torch.zeros((n, F_, T_), dtype=torch.float16, device=device)
+        self.frames = torch.zeros((n, t_max, H, W, 3), dtype=torch.uint8, device=device)
+        n_stored = np.asarray(a["n_frames"]).astype(np.int64)
+        for lo in range(0, n, chunk):  # in chunks: the host never holds the whole split
+            rows = np.arange(lo, min(n, lo + chunk))
+            rows = rows[labels[rows] >= 0]  # skipped rows are never read (their slots stay zero)
+            if not len(rows):
+                continue
+            # every stored frame, the last one repeated into the padding (so a JPEG store decodes no empty slot)
+            every = np.minimum(np.arange(t_max)[None, :], np.maximum(n_stored[rows, None], 1) - 1)  # [b, t_max]
+            idx = torch.from_numpy(rows)
+            self.audio[idx.to(device)] = torch.from_numpy(np.ascontiguousarray(a["audio"][rows])).to(device)
+            self.frames[idx.to(device)] = torch.from_numpy(np.ascontiguousarray(arrays.read_frames(rows, every))).to(device)
+
+    def batches(self, reader: "EpochReader", device: torch.device):
+        """The batches of `reader`'s plan, on the device."""
+        rows = [np.sort(b) for b in reader.batches]
+        if not rows:
+            return
+        flat = _to_device(torch.from_numpy(np.concatenate(rows).astype(np.int64)), device)  # the epoch's rows, one copy
+        pos = _to_device(torch.from_numpy(np.ascontiguousarray(reader.frame_pos, dtype=np.int64)), device)   # [N, T]
+        start = _to_device(torch.from_numpy(np.ascontiguousarray(reader.audio_start, dtype=np.int64)), device)  # [N]
+        cols = torch.arange(reader.audio_len, device=device)
+        crop = reader.audio_len != self.audio.shape[2]
+        s = 0
+        for r in rows:
+            idx = flat[s:s + len(r)]                                           # [B] device view: no copy
+            s += len(r)
+            audio = self.audio[idx]                                            # [B, F, Tst]
+            if crop:
+                win = (start[idx, None] + cols).unsqueeze(1).expand(-1, audio.shape[1], -1)  # [B, F, c]
+                audio = audio.gather(2, win)
+            yield {"audio": audio, "frames": self.frames[idx[:, None], pos[idx]],  # [B, T, H, W, 3]
+                   "label": self.labels[idx], "index": idx}
+
+
 # ----------------------------------------------------------------------------- choices (CPU, seeded)
 
 def pick_frames(n_stored: np.ndarray, t: int, policy: str, g: torch.Generator | None = None) -> np.ndarray:
@@ -291,7 +357,7 @@ def eval_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 class PreparedData:
     def __init__(self, cfg, *, seed: int, batch_size: int, num_workers: int = 0, device=None, rank: int = 0, world: int = 1,
-                 eval_batch_size: int | None = None):
+                 eval_batch_size: int | None = None, preload: str = "off"):
         self.name, self.root = cfg.name, Path(cfg.root)
         self.rank, self.world = rank, world
         if not (self.root / "manifest.json").exists():
@@ -340,6 +406,35 @@ class PreparedData:
                     f"{len(self.arrays[s].a['labels'])} rows skipped or not written); expected at least one: "
                     f"prepare it again with `{cfg.prep_command}` and --overwrite (its error names the cause)")
         self.audio_len = self._check_audio(cfg)
+        if str(preload) not in PRELOAD:
+            raise ConfigError(f"speed.preload={preload!r}; expected one of {list(PRELOAD)}")
+        self.preload, self._preloaded = str(preload), {}
+
+    def _preloaded_split(self, split: str, device: torch.device) -> DeviceSplit | None:
+        """The split's arrays on `device` if speed.preload takes it (copied on first use), else None.
+        off: never; eval: every split but the training one; all: every split; auto: on CUDA, each
+        split that fits in a quarter of the device's free memory."""
+        key = (split, str(device))
+        if key not in self._preloaded:
+            take = {"off": False, "eval": split != "train", "all": True, "auto": device.type == "cuda"}[self.preload]
+            need = split_nbytes(self.arrays[split])
+            if take and device.type == "cuda":
+                free = torch.cuda.mem_get_info(device)[0]
+                if need > free // 4:
+                    if self.preload != "auto":
+                        raise ConfigError(f"speed.preload={self.preload}: split '{split}' of '{self.name}' needs "
+                                          f"{need / 2**20:,.1f} MiB on {device}, more than a quarter of its "
+                                          f"{free / 2**20:,.1f} MiB free; use speed.preload="
+                                          f"{'eval or off' if self.preload == 'all' and split == 'train' else 'off'}")
+                    take = False
+            if take:
+                t = time.perf_counter()
+                self._preloaded[key] = DeviceSplit(self.arrays[split], device)
+                log.info("preloaded %s/%s to %s: %.1f MiB in %.1f s", self.name, split, device, need / 2**20,
+                         time.perf_counter() - t)
+            else:
+                self._preloaded[key] = None
+        return self._preloaded[key]
 
     def _check_audio(self, cfg) -> int:
         F_, T_ = self.splits["train"].format["audio_shape"]
@@ -370,16 +465,21 @@ class PreparedData:
             start = np.full(len(n_stored), spare // 2)
         return EpochReader(a, batches, frame_pos, start, self.audio_len)
 
-    def _cpu_batches(self, reader: EpochReader, device: torch.device):
+    def _batches(self, split: str, reader: EpochReader, device: torch.device):
+        """The plan's batches as dicts of device tensors: gathered from the preloaded split, or read
+        on the host (a background thread or DataLoader workers) and copied over."""
+        cached = self._preloaded_split(split, device)
+        if cached is not None:
+            yield from cached.batches(reader, device)
+            return
         pin = device.type == "cuda"
         if self.num_workers == 0:
-            return _thread_prefetch(reader, pin)
-        return iter(torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                                                pin_memory=pin, prefetch_factor=4))
-
-    @staticmethod
-    def _to_device(b: dict, device) -> dict:
-        return {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            host = _thread_prefetch(reader, pin)
+        else:
+            host = iter(torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                                    pin_memory=pin, prefetch_factor=4))
+        for b in host:
+            yield {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
     def _audio(self, a: torch.Tensor) -> torch.Tensor:
         return a.float().unsqueeze(1)                                           # [B, F, c] f16 -> [B, 1, F, c]
@@ -391,14 +491,13 @@ class PreparedData:
         reader = self._reader("train", rank_batches(order, self.batch_size, self.rank, self.world), self.frame_selection,
                               True, epoch_generator(self.seed, epoch, STREAM_PICK))
         g = epoch_generator(self.seed, epoch, STREAM_AUG + 1000 * self.rank)  # DDP: each process its own crops
-        for b in self._cpu_batches(reader, device):
+        for b in self._batches("train", reader, device):
             B, T, H, W, _ = b["frames"].shape
             k = B * T if self.crop_per == "frame" else B                        # one crop per frame or per clip
             boxes = random_resized_crop_boxes(k, H, W, g)
             flips = torch.rand(k, generator=g) < 0.5
             if self.crop_per == "clip":                                         # [B, 4] -> [B*T, 4]
                 boxes, flips = boxes.repeat_interleave(T, 0), flips.repeat_interleave(T, 0)
-            b = self._to_device(b, device)
             yield Batch(self._audio(b["audio"]),
                         train_frames(b["frames"], _to_device(boxes, device), _to_device(flips, device), self.image_size),
                         b["label"], b["index"])
@@ -410,8 +509,7 @@ class PreparedData:
         policy = "even" if self.frame_selection == "random" else self.frame_selection  # eval never draws frames
         order = self.rows[split] if rows is None else self.rows[split][np.asarray(rows)]
         reader = self._reader(split, rank_batches(order, self.eval_batch_size), policy, False, None)
-        for b in self._cpu_batches(reader, device):
-            b = self._to_device(b, device)
+        for b in self._batches(split, reader, device):
             yield Batch(self._audio(b["audio"]), eval_frames(b["frames"], self.image_size), b["label"], b["index"])
 
 

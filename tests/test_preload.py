@@ -1,0 +1,140 @@
+"""speed.preload: a prepared split copied to the device once gives exactly the batches the reader
+gives (train augmentation, random frames and audio windows, unions of splits, JPEG stores), and
+the reader is then never used; the choices and their refusals."""
+import numpy as np
+import pytest
+import torch
+
+from avbalance.data import prepared
+from avbalance.data.prepared import build, split_nbytes
+from avbalance.errors import ConfigError
+
+from test_prepared_loader import cfg, make_dataset
+
+CPU = torch.device("cpu")
+FIELDS = ("audio", "visual", "label", "index")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):  # clips hold 1..4 stored frames; rows 3 and 7 of train are skipped
+    return make_dataset(tmp_path_factory.mktemp("preload"), splits=(("train", 23), ("val", 6), ("test", 9)))
+
+
+def _same(xs, ys):
+    assert len(xs) == len(ys) > 0
+    for x, y in zip(xs, ys):
+        for f in FIELDS:
+            assert getattr(x, f).dtype == getattr(y, f).dtype and torch.equal(getattr(x, f), getattr(y, f)), f
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(audio_crop=5, frame_selection="random"),
+                                dict(crop_per="clip", frames=3, train_splits=["train", "val"]),
+                                dict(frame_selection="reference", frames=4, audio_crop=12)])
+def test_preloaded_batches_equal_the_readers(root, kw):
+    off = build(cfg(root, **kw), seed=3, batch_size=4, eval_batch_size=5, preload="off")
+    on = build(cfg(root, **kw), seed=3, batch_size=4, eval_batch_size=5, preload="all")
+    for epoch in (0, 1):
+        _same(list(off.train_batches(epoch)), list(on.train_batches(epoch)))
+    for split in ("train", "val", "test"):
+        _same(list(off.eval_batches(split)), list(on.eval_batches(split)))
+    rows = np.array([4, 0, 2])  # a subset of rows, in the caller's order (PMR's prototypes, HeldOut)
+    _same(list(off.eval_batches("train", rows=rows)), list(on.eval_batches("train", rows=rows)))
+    _same(list(off.train_batches(2, rows=rows)), list(on.train_batches(2, rows=rows)))
+
+
+def test_a_jpeg_store_preloads_its_decoded_frames(tmp_path):
+    root = make_dataset(tmp_path, jpeg=True)
+    off = build(cfg(root, frames=3), seed=0, batch_size=4, preload="off")
+    on = build(cfg(root, frames=3), seed=0, batch_size=4, preload="all")
+    _same(list(off.train_batches(0)), list(on.train_batches(0)))
+    _same(list(off.eval_batches("test")), list(on.eval_batches("test")))
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The splits whose batches were read from the store on the host."""
+    seen = []
+    real = prepared.EpochReader.__getitem__
+
+    def recording(self, k):
+        seen.append(self.arrays.dir.name)
+        return real(self, k)
+    monkeypatch.setattr(prepared.EpochReader, "__getitem__", recording)
+    return seen
+
+
+@pytest.mark.parametrize("mode,host", [("off", {"train", "test"}), ("auto", {"train", "test"}),  # auto: CUDA only
+                                       ("eval", {"train"}), ("all", set())])
+def test_each_choice_reads_on_the_host_only_the_splits_it_does_not_preload(root, reads, mode, host):
+    data = build(cfg(root), seed=0, batch_size=4, preload=mode)
+    for _ in range(2):  # the second epoch too: the copy is made once and kept
+        list(data.train_batches(0))
+        list(data.eval_batches("test"))
+    assert set(reads) == host
+
+
+def test_the_copy_is_made_once_per_split(root, monkeypatch):
+    made = []
+    real = prepared.DeviceSplit.__init__
+
+    def counting(self, arrays, device, **kw):
+        made.append(arrays.dir.name)
+        real(self, arrays, device, **kw)
+    monkeypatch.setattr(prepared.DeviceSplit, "__init__", counting)
+    data = build(cfg(root), seed=0, batch_size=4, preload="all")
+    for epoch in range(3):
+        list(data.train_batches(epoch))
+        list(data.eval_batches("test"))
+        list(data.eval_batches("train"))
+    assert sorted(made) == ["test", "train"]
+
+
+def test_split_nbytes_counts_the_frames_clips_hold(root):
+    data = build(cfg(root), seed=0, batch_size=4, preload="all")
+    # test: 9 clips, at most 4 stored frames of 16x20x3, 4x12 float16 spectrograms, int64 labels
+    assert split_nbytes(data.arrays["test"]) == 9 * (4 * 16 * 20 * 3 + 4 * 12 * 2 + 8)
+    d = prepared.DeviceSplit(data.arrays["test"], CPU)
+    assert d.frames.nbytes + d.audio.nbytes + d.labels.nbytes == split_nbytes(data.arrays["test"])
+
+
+def test_an_unknown_choice_is_one_line(root):
+    with pytest.raises(ConfigError, match=r"^speed.preload='yes'; expected one of \['auto', 'off', 'eval', 'all'\]$"):
+        build(cfg(root), seed=0, batch_size=4, preload="yes")
+
+
+@pytest.mark.parametrize("mode,split", [("all", "train"), ("all", "test"), ("eval", "test")])
+def test_a_split_too_large_for_the_device_is_refused_when_asked_and_read_under_auto(root, monkeypatch, mode, split):
+    made, free = [], {}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["now"], 80 * 2**30))
+    monkeypatch.setattr(prepared, "DeviceSplit", lambda arrays, device: made.append((arrays.dir.name, device)) or "copy")
+    cuda = torch.device("cuda")
+    need = split_nbytes(build(cfg(root), seed=0, batch_size=4).arrays[split])
+    free["now"] = 4 * need - 4  # a quarter of it is one byte short
+    data = build(cfg(root), seed=0, batch_size=4, preload=mode)
+    with pytest.raises(ConfigError) as e:
+        data._preloaded_split(split, cuda)
+    assert str(e.value) == (f"speed.preload={mode}: split '{split}' of 'demo' needs {need / 2**20:,.1f} MiB on cuda, more "
+                            f"than a quarter of its {free['now'] / 2**20:,.1f} MiB free; use speed.preload="
+                            f"{'eval or off' if split == 'train' else 'off'}")
+    assert build(cfg(root), seed=0, batch_size=4, preload="auto")._preloaded_split(split, cuda) is None
+    free["now"] = 4 * need  # exactly a quarter: taken, by auto too
+    assert build(cfg(root), seed=0, batch_size=4, preload=mode)._preloaded_split(split, cuda) == "copy"
+    assert build(cfg(root), seed=0, batch_size=4, preload="auto")._preloaded_split(split, cuda) == "copy"
+    assert made == [(split, cuda)] * 2
+
+
+def test_a_run_trains_to_the_same_numbers_with_and_without_preloading(tmp_path):
+    from avbalance.trainer import train
+    from conftest import TIMINGS, make_cfg
+    data = make_dataset(tmp_path / "data", splits=(("train", 24), ("val", 6), ("test", 9)), skip=())
+    runs = {}
+    for mode in ("off", "all"):
+        cfg = make_cfg("dataset=custom", f"dataset.root={data}", "dataset.num_classes=3", "dataset.image_size=16",
+                       "dataset.frames=2", "dataset.audio_crop=8", "dataset.frame_selection=random", "model=tiny",
+                       "model.width=8", "batch_size=8", "modulation=ogm_ge", "epochs=2", f"speed.preload={mode}",
+                       tiny=False)
+        runs[mode] = train(cfg, tmp_path / mode)
+    for r in runs.values():
+        for k in TIMINGS:
+            r["last"].pop(k)
+    assert runs["off"] == runs["all"] and runs["off"]["last"]["train/loss"] > 0  # losses, metrics, traces
