@@ -11,7 +11,9 @@ float16 spectrogram, on the device) and runs the loader's device-side work (crop
 host and copied pinned, RandomResizedCrop + flip + normalise): the "data" phase. --data memory:
 ready float batches, the data phase only picks one. Neither reads files (scripts/bench_data.py does).
 --ge-micro: GE's modulation alone on the model's conv gradients, the previous owner-index form
-against the current one (time and bytes allocated per call).
+against the current one and a candidate (time and bytes allocated per call).
+--profile N: N more steps under torch.profiler: the device's busy time against the wall time, kernels
+launched and operators dispatched per step, and the heaviest kernels.
 Timing: CUDA events between phases (one synchronisation at the end of the measured steps), or
 perf_counter on the CPU. Peak memory: torch.cuda.max_memory_allocated, or on the CPU the process's
 peak resident set (ru_maxrss, which includes Python and torch themselves).
@@ -219,6 +221,7 @@ def run(args, modulation: str) -> dict:
     sync(device)
     wall = time.perf_counter() - t0
     phases = timer.phases_ms()
+    prof = profile_steps(lambda i: step(i, None), args.profile, device) if args.profile else None
 
     B = shape["batch"]
     peak = peak_memory(device)
@@ -238,7 +241,36 @@ def run(args, modulation: str) -> dict:
     return {"modulation": modulation, "batch_size": B, "steps": args.steps, "step_ms": 1000 * wall / args.steps,
             "samples_per_second": B * args.steps / wall, "phases_ms": phases,
             "eval_samples_per_second": evals[next(iter(evals))], "eval_samples_per_second_by_batch": evals,
-            "eval_peak_memory_bytes_by_batch": eval_peaks, **peak}
+            "eval_peak_memory_bytes_by_batch": eval_peaks, **peak, **({"profile": prof} if prof else {})}
+
+
+def profile_steps(step, n: int, device: torch.device, top: int = 15) -> dict:
+    """`--profile N`: N more steps under torch.profiler. Per step: wall time, the device's busy time
+    (its kernels' summed durations; one stream, so they do not overlap), kernels launched and ATen
+    operators dispatched by the host, and the kernels (or, on the CPU, the operators) that take the
+    most time. Busy well under wall: the host, not the GPU, sets the pace."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for i in range(n):
+            step(i)
+        sync(device)
+    wall = time.perf_counter() - t0
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    ops = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+    timed = kernels or [e for e in ops if e.cpu_parent is None]  # CPU: top-level operators (nested ones are inside)
+    by_name: dict[str, list[float]] = {}
+    for e in timed:
+        by_name.setdefault(e.name, []).append(e.time_range.elapsed_us() / 1000)
+    heavy = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {"steps": n, "wall_ms_per_step": 1000 * wall / n,
+            "device_busy_ms_per_step": sum(e.time_range.elapsed_us() for e in kernels) / 1000 / n if kernels else None,
+            "kernels_per_step": len(kernels) / n, "aten_ops_per_step": len(ops) / n,
+            "top": [{"name": k[:90], "ms_per_step": sum(v) / n, "calls_per_step": len(v) / n} for k, v in heavy]}
 
 
 # ----------------------------------------------------------------------------- GE alone: before / after
@@ -252,6 +284,23 @@ def owner_index_modulate_(grads, k, generator, owner):
     noise = noise * sigma.to(noise.dtype)[owner]
     torch._foreach_mul_(grads, k)
     torch._foreach_add_(grads, [n.view_as(g) for n, g in zip(noise.split([g.numel() for g in grads]), grads)])
+
+
+def segment_std_modulate_(grads, k, generator, flat, offsets, inv_n, inv_n1):
+    """A candidate GE with the per-tensor std in a fixed number of launches instead of one per tensor:
+    the gradients copied into the noise buffer (one cat), then segment sums of x and x^2 (one-pass
+    variance, so sigma differs from torch.std at float rounding). Not in the product until it pays
+    on a GPU; measured here against the current form."""
+    k = k.to(grads[0].dtype)
+    flat = flat[:int(offsets[-1])]
+    torch.cat([g.view(-1) for g in grads], out=flat)
+    s1 = torch.segment_reduce(flat, "sum", offsets=offsets, unsafe=True)                  # [n_tensors]
+    s2 = torch.segment_reduce(flat.square_(), "sum", offsets=offsets, unsafe=True)
+    sigma = ((s2 - s1 * s1 * inv_n).clamp_(min=0) * inv_n1).sqrt_() + 1e-8
+    z = [zt.view_as(g) for zt, g in zip(flat.normal_(generator=generator).split([g.numel() for g in grads]), grads)]
+    torch._foreach_mul_(z, list(sigma.unbind()))
+    torch._foreach_mul_(grads, k)
+    torch._foreach_add_(grads, z)
 
 
 def allocated_bytes(fn, device: torch.device) -> int:
@@ -275,12 +324,20 @@ def ge_micro(args) -> dict:
     grads = {m: [torch.randn_like(p) for p in ps] for m, ps in method.params.items()}
     k = torch.tensor(0.7, device=device)
     owners = {m: torch.repeat_interleave(torch.tensor([g.numel() for g in gs])).to(device) for m, gs in grads.items()}
-    buf = method._noise_buffer()
+    buf = method._noise_buffer()  # the method's own (a NoiseBuffer: its views are kept across steps)
     gen = torch.Generator(device=device).manual_seed(0)
+    seg = {}
+    for m, gs in grads.items():  # the candidate's constants, made once: offsets, 1/n, 1/(n-1) (0 for n = 1)
+        n = torch.tensor([g.numel() for g in gs], dtype=torch.float32)
+        seg[m] = (torch.tensor([0] + [g.numel() for g in gs]).cumsum(0).to(device), (1 / n).to(device),
+                  torch.where(n > 1, 1 / (n - 1).clamp(min=1), torch.zeros(())).to(device))
     impls = {"owner_index (previous)": lambda: [owner_index_modulate_(grads[m], k, gen, owners[m]) for m in grads],
-             "noise_buffer (current)": lambda: [modulate_(grads[m], k, gen, buf) for m in grads]}
+             "noise_buffer (current)": lambda: [modulate_(grads[m], k, gen, buf) for m in grads],
+             "segment_std (candidate)": lambda: [segment_std_modulate_(grads[m], k, gen, buf.flat, *seg[m]) for m in grads],
+             "scaling only (OGM, no GE)": lambda: [modulate_(grads[m], k) for m in grads]}
     persistent = {"owner_index (previous)": sum(o.numel() * o.element_size() for o in owners.values()),
-                  "noise_buffer (current)": buf.numel() * buf.element_size()}
+                  "noise_buffer (current)": buf.flat.numel() * buf.flat.element_size(),
+                  "segment_std (candidate)": buf.flat.numel() * buf.flat.element_size(), "scaling only (OGM, no GE)": 0}
     out = {"elements": sum(g.numel() for gs in grads.values() for g in gs)}
     for name, fn in impls.items():
         for _ in range(max(1, args.warmup)):
@@ -386,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="speed.compile_mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile N more steps per run: device busy time, kernels and operators per step, the heaviest")
     p.add_argument("--repeats", type=int, default=1, help="runs per modulation, interleaved; the median run is reported")
     p.add_argument("--packed", type=int, default=1, help="N processes at once on one device (a packed sweep): their sum")
     p.add_argument("--json", type=Path, help="write the figures here")
@@ -419,6 +478,15 @@ def main(argv: list[str] | None = None) -> dict:
                                                         for i in range(args.repeats)]}
         print(f"{args.modulation} vs none: step time {100 * report['overhead']['step_time']:+.1f}%, modulation phase "
               f"{100 * report['overhead']['modulation_share']:.1f}% of the step")
+    for r in report["runs"]:
+        if "profile" in r:
+            pr = r["profile"]
+            busy = pr["device_busy_ms_per_step"]
+            print(f"profile, {r['modulation']}: {pr['wall_ms_per_step']:.2f} ms/step wall, "
+                  + (f"device busy {busy:.2f} ms ({100 * busy / pr['wall_ms_per_step']:.0f}%), " if busy is not None else "")
+                  + f"{pr['kernels_per_step']:.0f} kernels, {pr['aten_ops_per_step']:.0f} ATen ops per step; heaviest:")
+            for t in pr["top"]:
+                print(f"  {t['ms_per_step']:8.3f} ms {t['calls_per_step']:6.1f}x  {t['name']}")
     if args.ge_micro:
         report["ge_micro"] = ge_micro(args)
         print(f"GE alone on {report['ge_micro']['elements']:,} conv-gradient elements:")

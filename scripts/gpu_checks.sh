@@ -8,7 +8,8 @@
 #   PY=.venv/bin/python DEVICE=cpu QUICK=1 bash scripts/gpu_checks.sh all   # a dry run on the CPU
 #
 # core: what the targets need; extra: ablations (each speed setting off), torch.compile, and bf16
-# against fp32 accuracy on toy (3 seeds, packed). Each step has its own time limit, logs to
+# against fp32 accuracy on toy (3 seeds, packed). train.py runs preload the store to the GPU (speed.preload=auto)
+# except e2e_ogm_ge_reader, which reads it from the host as before. Each step has its own time limit, logs to
 # $WORK/results/<step>.log and the run goes on after a failure; $OUT/steps.tsv lists rc and seconds,
 # and $OUT/gpu_checks.tar.gz (rewritten after each step) holds every log and JSON. BUDGET=<seconds>:
 # steps that might not end within it are skipped (a lease is short; the order is the priority).
@@ -61,15 +62,18 @@ core() {
     --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
   step bench_bf16_augment 100 "$B --precision bf16 --data augment --compare --repeats $REP --steps $STEPS --warmup $WARM \
     --json $R/bench_bf16_augment.json"
+  step profile 90 "$B --precision bf16 --data memory --compare --steps $WARM --warmup $WARM --profile 20 \
+    --json $R/profile.json"
   step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
     --compile-mode reduce-overhead --json $R/compile_ro.json"
   step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
-    tests/test_mslr.py tests/test_opm.py -k 'cuda or speed or bench or CUDA'"
+    tests/test_mslr.py tests/test_opm.py tests/test_preload.py -k 'cuda or speed or bench or CUDA or preload'"
   step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
   step packed4 120 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --packed 4 \
     --json $R/packed4.json"
   step store 90 "$PY scripts/make_bench_store.py --out $WORK/store --scale $SCALE"
   step e2e_ogm_ge 100 "$PY train.py $T $G hydra.run.dir=$WORK/runs/e2e_ogm_ge && cp $WORK/runs/e2e_ogm_ge/metrics.jsonl $R/e2e_ogm_ge.jsonl"
+  step e2e_ogm_ge_reader 100 "$PY train.py $T $G speed.preload=off hydra.run.dir=$WORK/runs/e2e_reader && cp $WORK/runs/e2e_reader/metrics.jsonl $R/e2e_ogm_ge_reader.jsonl"
   step e2e_none 100 "$PY train.py $T modulation=none hydra.run.dir=$WORK/runs/e2e_none && cp $WORK/runs/e2e_none/metrics.jsonl $R/e2e_none.jsonl"
   step e2e_pack4 180 "$PY train.py -m $T $G hydra/launcher=pack hydra.launcher.n_jobs=4 seed=0,1,2,3 \
     hydra.sweep.dir=$WORK/runs/pack4 && for d in $WORK/runs/pack4/*/; do cp \$d/metrics.jsonl $R/pack4_\$(basename \$d).jsonl; done"

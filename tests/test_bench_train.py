@@ -3,6 +3,7 @@ runs without Hydra or OmegaConf (a GPU machine may have torch and torchvision on
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,36 @@ def test_make_bench_store_writes_a_prepared_dataset_of_cremad_shapes(tmp_path):
     assert json.loads((root / "manifest.json").read_text())["class_names"] == [f"class{c}" for c in range(6)]
     with pytest.raises(SystemExit):
         make_bench_store.main(["--out", str(tmp_path / "t"), "--frames", "0"])
+
+
+def test_the_segment_std_candidate_draws_the_current_noise_with_sigma_to_rounding():
+    import torch
+    from avbalance.methods.ogm import modulate_
+    g = torch.Generator().manual_seed(4)
+    grads = [torch.randn(16, 8, 3, 3, generator=g) * 3 + 0.5, torch.zeros(5, 2), torch.tensor([3.0]),
+             torch.randn(64, generator=g) * 0.01]
+    numel = torch.tensor([x.numel() for x in grads], dtype=torch.float32)
+    seg = (torch.tensor([0] + [x.numel() for x in grads]).cumsum(0), 1 / numel,
+           torch.where(numel > 1, 1 / (numel - 1).clamp(min=1), torch.zeros(())))
+    a, b = [x.clone() for x in grads], [x.clone() for x in grads]
+    k = torch.tensor(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # std() of the one-element tensor
+        modulate_(a, k, torch.Generator().manual_seed(9), torch.empty(2000))
+    bench_train.segment_std_modulate_(b, k, torch.Generator().manual_seed(9), torch.empty(2000), *seg)
+    for x, y, g0 in zip(a, b, grads):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(y, k * g0) or g0.numel() == 1  # noise was added (the one-element tensor: 1e-8)
+
+
+def test_profile_counts_the_host_work_of_each_step(tmp_path):
+    report = bench_train.main(["--shape", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--compare",
+                               "--profile", "2"])
+    none, ge = (r["profile"] for r in report["runs"])
+    for p in (none, ge):
+        assert p["steps"] == 2 and p["wall_ms_per_step"] > 0 and p["device_busy_ms_per_step"] is None  # no GPU
+        assert p["kernels_per_step"] == 0 and p["top"] and all(t["ms_per_step"] > 0 for t in p["top"])
+        assert any(t["name"] == "aten::conv2d" for t in p["top"])
+    # GE's std, noise and foreach passes are operators the baseline does not dispatch
+    assert ge["aten_ops_per_step"] > none["aten_ops_per_step"] + 20
+    assert any(t["name"] == "aten::std" for t in ge["top"]) and not any(t["name"] == "aten::std" for t in none["top"])

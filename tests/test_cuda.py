@@ -74,13 +74,15 @@ def test_train_batches_never_sync(tmp_path, crop_per, preload):
     assert first.visual.is_cuda and n == data.num_batches("train") > 2
 
 
-def test_ge_noise_buffer_draws_what_randn_drew_on_cuda():
+@pytest.mark.parametrize("kept_views", [False, True])
+def test_ge_noise_buffer_draws_what_randn_drew_on_cuda(kept_views):
     # the flat buffer refilled by normal_ gives the values torch.randn(n) gave (the owner-index form)
     from test_ogm_contract import _grads, old_modulate_
-    from avbalance.methods.ogm import modulate_
+    from avbalance.methods.ogm import NoiseBuffer, modulate_
     a = [g.cuda() for g in _grads(torch.float32)]
     b = [g.clone() for g in a]
     buf = torch.empty(500, device="cuda")
+    buf = NoiseBuffer(buf) if kept_views else buf
     k = torch.tensor(0.5, device="cuda")
     ga, gb = (torch.Generator(device="cuda").manual_seed(3) for _ in range(2))
     for _ in range(2):

@@ -77,6 +77,29 @@ def test_ge_with_a_reused_noise_buffer_is_bit_identical_to_the_owner_index_form(
     assert torch.equal(gen_a.get_state(), gen_b.get_state())
 
 
+def test_a_kept_noise_buffer_serves_two_encoders_and_a_changed_gradient_list_bit_identically():
+    """The method's NoiseBuffer keeps its views across steps; the two encoders share it in turn and a
+    step whose gradient list differs (a parameter without a gradient) gets views of its own shapes."""
+    from avbalance.methods.ogm import NoiseBuffer
+    g = torch.Generator().manual_seed(8)
+    audio = [torch.randn(6, 1, 3, 3, generator=g), torch.randn(4, 6, 3, 3, generator=g)]
+    visual = [torch.randn(5, 3, 3, 3, generator=g), torch.randn(7, 5, 1, 1, generator=g), torch.randn(2, 7, 3, 3, generator=g)]
+    k = torch.tensor(0.75)
+    plain = {"a": [x.clone() for x in audio], "v": [x.clone() for x in visual]}
+    kept = {"a": [x.clone() for x in audio], "v": [x.clone() for x in visual]}
+    gen_plain, gen_kept = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    buf = NoiseBuffer(torch.full((300,), float("nan")))  # the larger list: 296
+    for step in range(3):
+        for m in ("a", "v"):
+            pick = slice(None) if step != 1 or m == "a" else slice(1, None)  # step 1: visual's first has no gradient
+            old_modulate_(plain[m][pick], k, gen_plain)
+            modulate_(kept[m][pick], k, gen_kept, buf)
+    for m in ("a", "v"):
+        assert all(torch.equal(x, y) for x, y in zip(plain[m], kept[m]))
+    assert not torch.equal(kept["v"][1], visual[1] * k ** 3)  # noise was added
+    assert torch.equal(gen_plain.get_state(), gen_kept.get_state())
+
+
 def test_a_single_gradient_tensor():
     g = torch.randn(3, 2, 3, 3, dtype=torch.float64)
     plain = [g.clone()]
@@ -266,7 +289,7 @@ def test_steps_are_bit_identical_to_the_owner_index_form_and_score_once(ge, monk
         assert all(torch.equal(new[n], want[n]) for n in new)
         assert len(calls) == len(reduced) == step + 1  # scored and reduced once per step (loss and method)
         if ge:
-            buffers.add(method._noise.data_ptr())
+            buffers.add(method._noise.flat.data_ptr())
     assert len(buffers) == (1 if ge else 0)  # GE's buffer is made on the first step, then reused
 
 

@@ -56,12 +56,30 @@ def ogm_coefficients(score_a: torch.Tensor, score_v: torch.Tensor, alpha: float,
     return k_a, k_v
 
 
+class NoiseBuffer:
+    """GE's flat noise buffer and, per list of gradient shapes, its views shaped like the gradients
+    (made once: a step then fills every view with one draw and dispatches no per-tensor view op)."""
+
+    def __init__(self, flat: torch.Tensor):
+        self.flat, self._views = flat, {}
+
+    def views(self, grads: list[torch.Tensor]) -> tuple[int, list[torch.Tensor]]:
+        """(n elements, views of flat[:n] shaped like `grads`, in order)."""
+        key = tuple(g.shape for g in grads)
+        if key not in self._views:
+            numels = [g.numel() for g in grads]
+            n = sum(numels)
+            self._views[key] = (n, [z.view_as(g) for z, g in zip(self.flat[:n].split(numels), grads)])
+        return self._views[key]
+
+
 def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Generator | None = None,
-              noise: torch.Tensor | None = None) -> None:
+              noise: torch.Tensor | NoiseBuffer | None = None) -> None:
     """In place: g <- k * g (+ eps, eps ~ N(0, sigma^2) per element, sigma = std(g) + 1e-8 of the
     UNSCALED gradient, one sigma per tensor: the reference's merged GE, §1.5). Foreach ops over
-    per-tensor 0-d scalars, no sync. `noise`: a flat buffer of at least sum(numel) elements, reused
-    across steps (else one is allocated here); it is overwritten."""
+    per-tensor 0-d scalars, no sync. `noise`: a flat buffer of at least sum(numel) elements (or a
+    NoiseBuffer over one, which keeps its views), reused across steps (else one is allocated here);
+    it is overwritten."""
     if not grads:
         return
     k = k.to(grads[0].dtype)
@@ -70,14 +88,14 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Gener
         return
     # order matters: sigma is taken before scaling, as the reference evaluates its RHS first
     sigma = torch.stack([g.std() for g in grads]).nan_to_num_(0.0) + 1e-8  # [n_tensors]
-    numels = [g.numel() for g in grads]
-    n = sum(numels)
-    if noise is None:
-        noise = torch.empty(n, device=grads[0].device, dtype=grads[0].dtype)
+    if not isinstance(noise, NoiseBuffer):
+        flat = noise if noise is not None else torch.empty(sum(g.numel() for g in grads), device=grads[0].device,
+                                                           dtype=grads[0].dtype)
+        noise = NoiseBuffer(flat)
+    n, z = noise.views(grads)                                               # [numel_t] views, shaped like g_t
     # one N(0, 1) draw over all elements in order: the same values as randn(n, generator=generator)
-    z = noise[:n].normal_(generator=generator).split(numels)                # views, [numel_t] each
-    z = [zt.view_as(g) for zt, g in zip(z, grads)]
-    torch._foreach_mul_(z, list(sigma.to(noise.dtype).unbind()))           # z_t * sigma_t, 0-d device scalars
+    noise.flat[:n].normal_(generator=generator)
+    torch._foreach_mul_(z, list(sigma.to(noise.flat.dtype).unbind()))      # z_t * sigma_t, 0-d device scalars
     torch._foreach_mul_(grads, k)
     torch._foreach_add_(grads, z)
 
@@ -107,7 +125,7 @@ class OGM(Method):
         # dedicated generator: GE noise is reproducible and does not shift any other random stream
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + int(cfg.noise_seed_offset))
-        self._noise: torch.Tensor | None = None  # GE's flat noise buffer, made on first use, reused
+        self._noise: NoiseBuffer | None = None  # GE's flat noise buffer, made on first use, reused
 
     def after_backward(self, model, out, batch, epoch):
         if not self.start <= epoch <= self.end:  # Python ints: no device sync
@@ -120,12 +138,12 @@ class OGM(Method):
             modulate_(grads, k, gen, self._noise_buffer() if self.ge and grads else None)
         return {"mod/coeff_audio": k_a, "mod/coeff_visual": k_v}
 
-    def _noise_buffer(self) -> torch.Tensor:
+    def _noise_buffer(self) -> NoiseBuffer:
         """GE's flat noise buffer, shared by the two encoders (they are modulated in turn) and as
         large as the larger one's selected parameters: allocated on the first step only."""
         if self._noise is None:
             p = max(self.params.values(), key=lambda ps: sum(q.numel() for q in ps))
-            self._noise = torch.empty(sum(q.numel() for q in p), device=p[0].device, dtype=p[0].dtype)
+            self._noise = NoiseBuffer(torch.empty(sum(q.numel() for q in p), device=p[0].device, dtype=p[0].dtype))
         return self._noise
 
     def state_dict(self):
