@@ -12,6 +12,9 @@ host and copied pinned, RandomResizedCrop + flip + normalise): the "data" phase.
 ready float batches, the data phase only picks one. Neither reads files (scripts/bench_data.py does).
 --ge-micro: GE's modulation alone on the model's conv gradients, the previous owner-index form
 against the current one and a candidate (time and bytes allocated per call).
+--cuda-graph: forward, backward, the modulation and the optimizer captured as one CUDA graph and replayed
+each step (the host then launches one graph instead of hundreds of kernels; the "forward" column holds
+the whole graph). A measurement of what graph capture would give the trainer, which does not use it yet.
 --profile N: N more steps under torch.profiler: the device's busy time against the wall time, kernels
 launched and operators dispatched per step, and the heaviest kernels.
 Timing: CUDA events between phases (one synchronisation at the end of the measured steps), or
@@ -207,8 +210,12 @@ def run(args, modulation: str) -> dict:
         mark(row)
 
     model.train()
-    for i in range(args.warmup):
-        step(i, None)
+    if args.cuda_graph:
+        step = graphed(step, lambda b: train_body(model, method, optimizer, b, args.precision == "bf16", nonfinite),
+                       data, shape, device, g, args, timer, meter, optimizer, method)
+    else:
+        for i in range(args.warmup):
+            step(i, None)
     sync(device)
     if args.barrier:  # packed runs: every process starts its timed steps together
         wait_for_all(Path(args.barrier), args.packed_rank, args.packed_of)
@@ -271,6 +278,71 @@ def profile_steps(step, n: int, device: torch.device, top: int = 15) -> dict:
             "device_busy_ms_per_step": sum(e.time_range.elapsed_us() for e in kernels) / 1000 / n if kernels else None,
             "kernels_per_step": len(kernels) / n, "aten_ops_per_step": len(ops) / n,
             "top": [{"name": k[:90], "ms_per_step": sum(v) / n, "calls_per_step": len(v) / n} for k, v in heavy]}
+
+
+# ----------------------------------------------------------------------------- --cuda-graph: the step as one graph
+
+def train_body(model, method, optimizer, b: Batch, bf16: bool, nonfinite: torch.Tensor) -> dict:
+    """The trainer's step after the batch (forward, loss, backward, the method's gradient edit, the
+    optimizer) with no host work a graph could not replay. autocast's weight cache off: a captured
+    region must not keep casts made outside it (PyTorch's CUDA-graph rules)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+        out = model.fuse(model.encode(b.audio, b.visual))
+        loss, logs = method.loss(out, b, 0)
+    method.backward(loss)
+    logs |= method.after_backward(model, out, b, 0)
+    optimizer.step()
+    nonfinite.logical_or_(~torch.isfinite(loss.detach()))
+    return logs
+
+
+def capture_step(body, static: Batch, method, optimizer) -> tuple:
+    """One training step on the `static` batch captured into a CUDA graph -> (graph, its logs: static
+    tensors refreshed by each replay). Called after eager warm-up steps."""
+    graph = torch.cuda.CUDAGraph()
+    gen = getattr(method, "generator", None)  # GE's own generator: registered, each replay draws anew
+    if gen is not None and gen.device.type == "cuda":
+        graph.register_generator_state(gen)
+    optimizer.zero_grad(set_to_none=True)  # backward inside the graph makes the gradients in its pool
+    with torch.cuda.graph(graph):
+        logs = body(static)
+    return graph, logs
+
+
+def graphed(eager_step, body, data, shape, device, g, args, timer, meter, optimizer, method):
+    """`--cuda-graph`: warm-up steps run eagerly on a side stream (they make the gradients, the
+    momentum buffers, GE's buffer and cudnn's plans), then one step is captured into a CUDA graph over
+    static batch tensors; each timed step makes its batch eagerly, copies it in and replays the graph
+    (forward to optimizer: 1 launch). GE's generator is registered with the graph, so each replay
+    draws fresh noise from it. The per-step meter stays eager (it keeps Python counts)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(max(3, args.warmup)):
+            eager_step(i, None)
+    torch.cuda.current_stream().wait_stream(side)
+    b = next_batch(data, 0, shape, device, g, args.data)
+    static = Batch(b.audio.clone(), b.visual.clone(), b.label.clone(), b.index.clone())
+    graph, logs = capture_step(body, static, method, optimizer)
+
+    def step(i: int, row: list | None) -> None:
+        mark = timer.mark if row is not None else (lambda _: None)
+        mark(row)
+        b = next_batch(data, i, shape, device, g, args.data)
+        mark(row)
+        static.audio.copy_(b.audio)
+        static.visual.copy_(b.visual)
+        static.label.copy_(b.label)
+        graph.replay()
+        mark(row)  # "forward": the whole replayed graph; backward and modulation are inside it
+        mark(row)
+        mark(row)
+        meter.add(logs)
+        mark(row)
+
+    for i in range(args.warmup):  # replays before the timing
+        step(i, None)
+    return step
 
 
 # ----------------------------------------------------------------------------- GE alone: before / after
@@ -443,6 +515,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="speed.compile_mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture forward to optimizer step as one CUDA graph, replayed per step (CUDA only)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="profile N more steps per run: device busy time, kernels and operators per step, the heaviest")
     p.add_argument("--repeats", type=int, default=1, help="runs per modulation, interleaved; the median run is reported")
@@ -455,6 +529,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.packed < 1:
         p.error("--steps, --repeats and --packed must be >= 1 and --warmup >= 0")
+    if args.cuda_graph and torch.device(args.device).type != "cuda":
+        p.error(f"--cuda-graph needs a CUDA device, got --device {args.device}")
     if args.packed > 1:
         return packed(args, argv)
     device = torch.device(args.device)

@@ -64,6 +64,12 @@ core() {
     --json $R/bench_bf16_augment.json"
   step profile 90 "$B --precision bf16 --data memory --compare --steps $WARM --warmup $WARM --profile 20 \
     --json $R/profile.json"
+  step graph_memory 90 "$B --precision bf16 --data memory --compare --repeats 2 --steps $STEPS --warmup $WARM --cuda-graph \
+    --json $R/graph_memory.json"
+  step graph_augment 60 "$B --precision bf16 --data augment --compare --steps $STEPS --warmup $WARM --cuda-graph \
+    --json $R/graph_augment.json"
+  step graph_packed2 90 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --cuda-graph \
+    --packed 2 --json $R/graph_packed2.json"
   step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
     --compile-mode reduce-overhead --json $R/compile_ro.json"
   step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,44 @@ def test_profile_counts_the_host_work_of_each_step(tmp_path):
     # GE's std, noise and foreach passes are operators the baseline does not dispatch
     assert ge["aten_ops_per_step"] > none["aten_ops_per_step"] + 20
     assert any(t["name"] == "aten::std" for t in ge["top"]) and not any(t["name"] == "aten::std" for t in none["top"])
+
+
+def test_cuda_graph_is_refused_off_cuda(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_train.main(["--shape", "tiny", "--device", "cpu", "--cuda-graph"])
+    assert e.value.code == 2 and "--cuda-graph needs a CUDA device, got --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+@pytest.mark.parametrize("modulation", ["ogm", "ogm_ge"])
+def test_a_captured_step_trains_as_the_eager_step(modulation):
+    """The replayed graph against the eager step, from the same weights and batches: the same parameters
+    after a few steps (OGM's coefficients and GE's noise, drawn from its registered generator, included)."""
+    import torch
+    device, shape = torch.device("cuda"), bench_train.SHAPES["tiny"]
+    sp = bench_train.speed_cfg(SimpleNamespace(channels_last=True, cudnn_benchmark=False, fused_optimizer=True,
+                                               compile=False, compile_mode="default"))
+    batches = bench_train.make_data(shape, device, "memory", n=3)
+    runs = []
+    for graph in (False, True):
+        model, method, opt = bench_train.build(shape, "concat", modulation, device, sp)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        body = lambda b: bench_train.train_body(model, method, opt, b, False, nonfinite)  # noqa: E731
+        for b in batches:  # warm-up, eager (as --cuda-graph does before capturing)
+            opt.zero_grad(set_to_none=True)
+            body(b)
+        if graph:
+            static = bench_train.Batch(*(t.clone() for t in (batches[0].audio, batches[0].visual, batches[0].label,
+                                                             batches[0].index)))
+            g, _ = bench_train.capture_step(body, static, method, opt)
+        for i in range(4):
+            b = batches[i % 3]
+            if graph:
+                static.audio.copy_(b.audio), static.visual.copy_(b.visual), static.label.copy_(b.label)
+                g.replay()
+            else:
+                opt.zero_grad(set_to_none=True)
+                body(b)
+        torch.cuda.synchronize()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*runs))
