@@ -375,6 +375,22 @@ def segment_std_modulate_(grads, k, generator, flat, offsets, inv_n, inv_n1):
     torch._foreach_add_(grads, z)
 
 
+def dispatched_ops(fn) -> int:
+    """ATen operators one call dispatches (views included): the host's share of the work, and on CUDA
+    close to the kernels it launches (a foreach op's slow path launches one per tensor, counted once)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        fn()
+    return Count.n
+
+
 def allocated_bytes(fn, device: torch.device) -> int:
     """Bytes allocated by one call (the sum of its allocations, freed or not)."""
     if device.type == "cuda":
@@ -404,10 +420,12 @@ def ge_micro(args) -> dict:
         seg[m] = (torch.tensor([0] + [g.numel() for g in gs]).cumsum(0).to(device), (1 / n).to(device),
                   torch.where(n > 1, 1 / (n - 1).clamp(min=1), torch.zeros(())).to(device))
     impls = {"owner_index (previous)": lambda: [owner_index_modulate_(grads[m], k, gen, owners[m]) for m in grads],
+             "flat buffer, views per call (e95ab05^)": lambda: [modulate_(grads[m], k, gen, buf.flat) for m in grads],
              "noise_buffer (current)": lambda: [modulate_(grads[m], k, gen, buf) for m in grads],
              "segment_std (candidate)": lambda: [segment_std_modulate_(grads[m], k, gen, buf.flat, *seg[m]) for m in grads],
              "scaling only (OGM, no GE)": lambda: [modulate_(grads[m], k) for m in grads]}
     persistent = {"owner_index (previous)": sum(o.numel() * o.element_size() for o in owners.values()),
+                  "flat buffer, views per call (e95ab05^)": buf.flat.numel() * buf.flat.element_size(),
                   "noise_buffer (current)": buf.flat.numel() * buf.flat.element_size(),
                   "segment_std (candidate)": buf.flat.numel() * buf.flat.element_size(), "scaling only (OGM, no GE)": 0}
     out = {"elements": sum(g.numel() for gs in grads.values() for g in gs)}
@@ -420,7 +438,8 @@ def ge_micro(args) -> dict:
             fn()
         sync(device)
         out[name] = {"ms_per_step": 1000 * (time.perf_counter() - t0) / args.steps,
-                     "bytes_allocated_per_step": allocated_bytes(fn, device), "persistent_bytes": persistent[name]}
+                     "bytes_allocated_per_step": allocated_bytes(fn, device), "persistent_bytes": persistent[name],
+                     "aten_ops_per_step": dispatched_ops(fn)}
     return out
 
 
@@ -568,8 +587,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"GE alone on {report['ge_micro']['elements']:,} conv-gradient elements:")
         for name, r in report["ge_micro"].items():
             if isinstance(r, dict):
-                print(f"  {name:<24}{r['ms_per_step']:>9.3f} ms/step {r['bytes_allocated_per_step']:>13,} B allocated/step "
-                      f"{r['persistent_bytes']:>13,} B kept")
+                print(f"  {name:<40}{r['ms_per_step']:>9.3f} ms/step {r['bytes_allocated_per_step']:>13,} B allocated/step "
+                      f"{r['persistent_bytes']:>13,} B kept {r['aten_ops_per_step']:>5} ATen ops")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return report

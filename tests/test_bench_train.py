@@ -39,6 +39,9 @@ def test_reports_every_phase_and_the_ogm_ge_overhead(tmp_path, data):
     # the previous form allocated three model-sized tensors a step and kept an int64 index
     assert old["bytes_allocated_per_step"] >= 12 * micro["elements"] and old["persistent_bytes"] == 8 * micro["elements"]
     assert new["bytes_allocated_per_step"] < micro["elements"] and new["persistent_bytes"] < 4 * micro["elements"]
+    # the kept views: fewer operators per call than building them each call; scaling alone is the floor
+    per_call = micro["flat buffer, views per call (e95ab05^)"]
+    assert micro["scaling only (OGM, no GE)"]["aten_ops_per_step"] < new["aten_ops_per_step"] < per_call["aten_ops_per_step"]
 
 
 def test_runs_with_hydra_and_omegaconf_absent():
