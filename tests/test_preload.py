@@ -138,3 +138,26 @@ def test_a_run_trains_to_the_same_numbers_with_and_without_preloading(tmp_path):
         for k in TIMINGS:
             r["last"].pop(k)
     assert runs["off"] == runs["all"] and runs["off"]["last"]["train/loss"] > 0  # losses, metrics, traces
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_the_preloaded_data_path_makes_no_syncing_op(root, split, monkeypatch):
+    """After the first batch (which makes the copy), every batch is gathered on the device with no
+    operator that would read a device value back on CUDA (tests/test_cuda.py checks it there). The
+    crop boxes are drawn on the host by design (CPU tensors, copied over): not recorded."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    from test_core_claims import SyncRecorder
+    real_boxes = prepared.random_resized_crop_boxes
+
+    def host_boxes(*a, **kw):
+        with _disable_current_modes():
+            return real_boxes(*a, **kw)
+    monkeypatch.setattr(prepared, "random_resized_crop_boxes", host_boxes)
+    data = build(cfg(root, audio_crop=5, frame_selection="random"), seed=0, batch_size=4, preload="all")
+    it = data.train_batches(0) if split == "train" else data.eval_batches(split)
+    next(it)
+    recorder, n = SyncRecorder(), 0
+    with recorder:
+        for _ in it:
+            n += 1
+    assert n >= 2 and recorder.ops == [], sorted(set(recorder.ops))
