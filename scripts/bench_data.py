@@ -133,6 +133,14 @@ def bench_prepared(out: Path, workers: int, batch_size: int) -> dict[str, float]
         for b in data.train_batches(1):
             n += len(b)
         res[f"prepared, train_batches on CPU (augmentation on CPU), num_workers={w}"] = n / (time.perf_counter() - t)
+    # speed.preload=all: the split copied once (here into RAM, on a GPU into its memory), gathered per batch
+    data = build(cfg, seed=0, batch_size=batch_size, device="cpu", preload="all")
+    for b in data.train_batches(0):  # the copy is made here
+        pass
+    t, n = time.perf_counter(), 0
+    for b in data.train_batches(1):
+        n += len(b)
+    res["prepared, preloaded (speed.preload=all), train_batches on CPU (augmentation on CPU)"] = n / (time.perf_counter() - t)
     # reading side alone: what a GPU run waits for (the augmentation then runs on the GPU)
     reader = EpochReader(data.splits["train"], [data.rows["train"][i:i + batch_size] for i in range(0, len(data.rows["train"]), batch_size)],
                          np.zeros((len(data.rows["train"]), 1), dtype=np.int64), np.zeros(len(data.rows["train"]), dtype=np.int64), 188)

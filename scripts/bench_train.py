@@ -211,8 +211,7 @@ def run(args, modulation: str) -> dict:
 
     model.train()
     if args.cuda_graph:
-        step = graphed(step, lambda b: train_body(model, method, optimizer, b, args.precision == "bf16", nonfinite),
-                       data, shape, device, g, args, timer, meter, optimizer, method)
+        step = graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer)
     else:
         for i in range(args.warmup):
             step(i, None)
@@ -282,66 +281,42 @@ def profile_steps(step, n: int, device: torch.device, top: int = 15) -> dict:
 
 # ----------------------------------------------------------------------------- --cuda-graph: the step as one graph
 
-def train_body(model, method, optimizer, b: Batch, bf16: bool, nonfinite: torch.Tensor) -> dict:
-    """The trainer's step after the batch (forward, loss, backward, the method's gradient edit, the
-    optimizer) with no host work a graph could not replay. autocast's weight cache off: a captured
-    region must not keep casts made outside it (PyTorch's CUDA-graph rules)."""
+def train_body(model, method, optimizer, b: Batch, bf16: bool):
+    """The trainer's step (trainer.train's `step`) with autocast's weight cache off, as the trainer has
+    it under speed.cuda_graph (a captured region must not reuse casts cached outside it)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
         out = model.fuse(model.encode(b.audio, b.visual))
         loss, logs = method.loss(out, b, 0)
+    optimizer.zero_grad(set_to_none=True)
     method.backward(loss)
     logs |= method.after_backward(model, out, b, 0)
     optimizer.step()
-    nonfinite.logical_or_(~torch.isfinite(loss.detach()))
-    return logs
+    return loss, logs
 
 
-def capture_step(body, static: Batch, method, optimizer) -> tuple:
-    """One training step on the `static` batch captured into a CUDA graph -> (graph, its logs: static
-    tensors refreshed by each replay). Called after eager warm-up steps."""
-    graph = torch.cuda.CUDAGraph()
-    gen = getattr(method, "generator", None)  # GE's own generator: registered, each replay draws anew
-    if gen is not None and gen.device.type == "cuda":
-        graph.register_generator_state(gen)
-    optimizer.zero_grad(set_to_none=True)  # backward inside the graph makes the gradients in its pool
-    with torch.cuda.graph(graph):
-        logs = body(static)
-    return graph, logs
-
-
-def graphed(eager_step, body, data, shape, device, g, args, timer, meter, optimizer, method):
-    """`--cuda-graph`: warm-up steps run eagerly on a side stream (they make the gradients, the
-    momentum buffers, GE's buffer and cudnn's plans), then one step is captured into a CUDA graph over
-    static batch tensors; each timed step makes its batch eagerly, copies it in and replays the graph
-    (forward to optimizer: 1 launch). GE's generator is registered with the graph, so each replay
-    draws fresh noise from it. The per-step meter stays eager (it keeps Python counts)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(max(3, args.warmup)):
-            eager_step(i, None)
-    torch.cuda.current_stream().wait_stream(side)
-    b = next_batch(data, 0, shape, device, g, args.data)
-    static = Batch(b.audio.clone(), b.visual.clone(), b.label.clone(), b.index.clone())
-    graph, logs = capture_step(body, static, method, optimizer)
+def graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer):
+    """`--cuda-graph`: the trainer's speed.GraphedStep around the step (eager warm-up on a side stream,
+    then one capture, then a replay per step: forward to optimizer in one launch); the batch is made
+    eagerly and copied in. The per-step bookkeeping stays eager, as in the trainer."""
+    gs = speed.GraphedStep(lambda b, e: train_body(model, method, optimizer, b, args.precision == "bf16"),
+                           method, optimizer, shape["batch"])
 
     def step(i: int, row: list | None) -> None:
         mark = timer.mark if row is not None else (lambda _: None)
         mark(row)
         b = next_batch(data, i, shape, device, g, args.data)
         mark(row)
-        static.audio.copy_(b.audio)
-        static.visual.copy_(b.visual)
-        static.label.copy_(b.label)
-        graph.replay()
-        mark(row)  # "forward": the whole replayed graph; backward and modulation are inside it
+        loss, logs = gs(b, 0)
+        mark(row)  # "forward": the whole replayed graph; backward, modulation and the optimizer are inside it
         mark(row)
         mark(row)
         meter.add(logs)
+        nonfinite.logical_or_(~torch.isfinite(loss.detach()))
         mark(row)
 
-    for i in range(args.warmup):  # replays before the timing
+    for i in range(max(args.warmup, gs.warmup + 2)):  # warm-up, capture and a replay before the timing
         step(i, None)
+    assert gs.captures == 1 and gs.replays >= 1, (gs.captures, gs.replays)
     return step
 
 
@@ -514,7 +489,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--fusion", default="concat", help="a registered fusion head (concat, sum, film, gated)")
@@ -544,6 +519,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--barrier", help=argparse.SUPPRESS)  # set by --packed for its processes
     p.add_argument("--packed-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--packed-of", type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.packed < 1:

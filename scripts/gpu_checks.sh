@@ -73,12 +73,13 @@ core() {
   step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
     --compile-mode reduce-overhead --json $R/compile_ro.json"
   step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
-    tests/test_mslr.py tests/test_opm.py tests/test_preload.py -k 'cuda or speed or bench or CUDA or preload'"
+    tests/test_mslr.py tests/test_opm.py tests/test_preload.py tests/test_cuda_graph.py -k 'cuda or speed or bench or CUDA or preload or graph'"
   step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
   step packed4 120 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --packed 4 \
     --json $R/packed4.json"
   step store 90 "$PY scripts/make_bench_store.py --out $WORK/store --scale $SCALE"
   step e2e_ogm_ge 100 "$PY train.py $T $G hydra.run.dir=$WORK/runs/e2e_ogm_ge && cp $WORK/runs/e2e_ogm_ge/metrics.jsonl $R/e2e_ogm_ge.jsonl"
+  step e2e_ogm_ge_graph 100 "$PY train.py $T $G speed.cuda_graph=true hydra.run.dir=$WORK/runs/e2e_graph && cp $WORK/runs/e2e_graph/metrics.jsonl $R/e2e_ogm_ge_graph.jsonl"
   step e2e_ogm_ge_reader 100 "$PY train.py $T $G speed.preload=off hydra.run.dir=$WORK/runs/e2e_reader && cp $WORK/runs/e2e_reader/metrics.jsonl $R/e2e_ogm_ge_reader.jsonl"
   step e2e_none 100 "$PY train.py $T modulation=none hydra.run.dir=$WORK/runs/e2e_none && cp $WORK/runs/e2e_none/metrics.jsonl $R/e2e_none.jsonl"
   step e2e_pack4 180 "$PY train.py -m $T $G hydra/launcher=pack hydra.launcher.n_jobs=4 seed=0,1,2,3 \

@@ -163,12 +163,29 @@ def test_cuda_graph_is_refused_off_cuda(capsys):
     assert e.value.code == 2 and "--cuda-graph needs a CUDA device, got --device cpu" in capsys.readouterr().err
 
 
+def test_the_cuda_graph_run_goes_through_the_graphed_step(monkeypatch):
+    """--cuda-graph's plumbing on the CPU, with the stand-in for the CUDA parts of tests/test_cuda_graph.py:
+    warm-up, one capture, then a replay per timed step, timed as data + the graph."""
+    from avbalance import speed
+    from test_cuda_graph import StandIn
+    made = []
+    monkeypatch.setattr(speed, "GraphedStep", lambda *a, **kw: made.append(StandIn(*a, **kw)) or made[-1])
+    args = bench_train.parser().parse_args(["--shape", "tiny", "--device", "cpu", "--steps", "4", "--warmup", "2",
+                                            "--cuda-graph"])
+    r = bench_train.run(args, "ogm_ge")
+    (g,) = made
+    assert g.events == ["warm"] * 3 + ["capture"] + ["replay"] * (2 + 4)  # warm-up calls, then the 4 timed steps
+    assert r["phases_ms"]["forward"] > 0 and r["phases_ms"]["backward"] < r["phases_ms"]["forward"]
+    assert r["samples_per_second"] > 0
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
 @pytest.mark.parametrize("modulation", ["ogm", "ogm_ge"])
 def test_a_captured_step_trains_as_the_eager_step(modulation):
-    """The replayed graph against the eager step, from the same weights and batches: the same parameters
-    after a few steps (OGM's coefficients and GE's noise, drawn from its registered generator, included)."""
+    """speed.GraphedStep's replays against the eager step, from the same weights and batches: the same
+    parameters after a few steps (OGM's coefficients and GE's noise, from its registered generator)."""
     import torch
+    from avbalance import speed
     device, shape = torch.device("cuda"), bench_train.SHAPES["tiny"]
     sp = bench_train.speed_cfg(SimpleNamespace(channels_last=True, cudnn_benchmark=False, fused_optimizer=True,
                                                compile=False, compile_mode="default"))
@@ -176,23 +193,12 @@ def test_a_captured_step_trains_as_the_eager_step(modulation):
     runs = []
     for graph in (False, True):
         model, method, opt = bench_train.build(shape, "concat", modulation, device, sp)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        body = lambda b: bench_train.train_body(model, method, opt, b, False, nonfinite)  # noqa: E731
-        for b in batches:  # warm-up, eager (as --cuda-graph does before capturing)
-            opt.zero_grad(set_to_none=True)
-            body(b)
-        if graph:
-            static = bench_train.Batch(*(t.clone() for t in (batches[0].audio, batches[0].visual, batches[0].label,
-                                                             batches[0].index)))
-            g, _ = bench_train.capture_step(body, static, method, opt)
-        for i in range(4):
-            b = batches[i % 3]
-            if graph:
-                static.audio.copy_(b.audio), static.visual.copy_(b.visual), static.label.copy_(b.label)
-                g.replay()
-            else:
-                opt.zero_grad(set_to_none=True)
-                body(b)
+        body = lambda b, e: bench_train.train_body(model, method, opt, b, False)  # noqa: E731
+        step = speed.GraphedStep(body, method, opt, shape["batch"]) if graph else body
+        for i in range(8):
+            step(batches[i % 3], 0)
         torch.cuda.synchronize()
         runs.append([p.detach().clone() for p in model.parameters()])
+        if graph:
+            assert (step.captures, step.replays) == (1, 5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*runs))

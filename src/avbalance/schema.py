@@ -57,6 +57,7 @@ class SpeedConfig:
     fused_optimizer: bool = True      # one fused CUDA kernel for the optimizer step (same update rule)
     compile: bool = False             # torch.compile each encoder
     compile_mode: CompileMode = CompileMode["default"]  # torch.compile's mode (reduce-overhead: CUDA graphs)
+    cuda_graph: bool = False          # the training step replayed from a CUDA graph (off: not yet measured on a GPU)
     preload: Preload = Preload.auto   # prepared splits copied to the device once: auto (CUDA, if they fit) | off | eval | all
 
 

@@ -127,7 +127,10 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     data = method.prepare_data(data)  # e.g. a held-out part of train (G-Blending); usually `data` itself
     optimizer = build_optimizer(cfg.optim, method.param_groups(model), fused=speed.fused_optimizer(cfg.speed, device))
     scheduler = build_scheduler(cfg.optim, optimizer)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")  # noqa: E731
+    graph_refusal = speed.cuda_graph_refusal(cfg.speed, device, env.world, method)
+    # a captured region must not reuse casts autocast cached outside it: no cache when graphing
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16",  # noqa: E731
+                                      cache_enabled=graph_refusal is not None)
     ctx = {"model": model, "data": data, "optimizer": optimizer, "run_dir": run_dir}  # what the method's hooks see
     forward = Forward(model, method)
     if env.world > 1:  # gradients averaged over processes during backward, before the method edits them
@@ -144,6 +147,11 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         logs |= method.after_backward(model, out, batch, epoch)  # modulates this step's raw gradients
         optimizer.step()
         return loss, logs
+
+    if graph_refusal is None:
+        step = speed.GraphedStep(step, method, optimizer, cfg.batch_size)
+    elif graph_refusal != "off":
+        log.info("speed.cuda_graph: not used: %s", graph_refusal)
 
     start_epoch, best, last_log = 0, {"epoch": -1, "acc": -1.0, "metrics": {}}, {}
     if cfg.resume:

@@ -16,6 +16,9 @@ Every epoch:
         optimizer.step()
     (validation)
     method.on_epoch_end(epoch, ctx)                        # ctx["val"]: this epoch's metrics (MSLR)
+A method whose standard step has no host sync and no per-step Python state sets `graph_safe`: under
+speed.cuda_graph that step is replayed from a CUDA graph (speed.GraphedStep), recaptured when
+`graph_key(epoch)` changes, with `graph_generators()` registered so its random draws stay fresh.
 ctx = {"model", "data", "optimizer", "run_dir"}. Everything a hook logs is a 0-d device tensor; the loop
 reads it once per epoch. Keys under `mod/` are the method's trace: each gets a `<key>_mean`
 column in metrics.jsonl, and those in `trace` a steps.csv column (one value per step).
@@ -81,6 +84,7 @@ class Method:
     fusions: tuple[str, ...] | None = None  # the fusions it supports; None: every one
     needs_two_modalities = False            # True: refused with model.modalities=audio|visual
     supports_ddp = True                     # False: refused under torchrun/SLURM with more than one process
+    graph_safe = False                      # True: its step may be replayed from a CUDA graph (speed.cuda_graph)
     trace = ("mod/ratio", "mod/coeff_audio", "mod/coeff_visual")  # per-step steps.csv columns
     brief = {"k_a": "mod/coeff_audio", "k_v": "mod/coeff_visual"}  # the epoch log line's labels
 
@@ -155,6 +159,15 @@ class Method:
 
     def after_backward(self, model: AVClassifier, out: FusionOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return {"mod/coeff_audio": self.one, "mod/coeff_visual": self.one}
+
+    def graph_key(self, epoch: int):
+        """speed.cuda_graph: what of the method's step depends on the epoch on the host (an epoch
+        window); a new value makes a new capture. Only read when `graph_safe`."""
+        return None
+
+    def graph_generators(self) -> list[torch.Generator]:
+        """speed.cuda_graph: the method's own CUDA generators, registered with the graph."""
+        return []
 
     def on_epoch_end(self, epoch: int, ctx: dict) -> None:
         """After the epoch's validation: ctx["val"] holds its metrics (acc, acc_audio, ...)."""

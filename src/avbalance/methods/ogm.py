@@ -105,6 +105,7 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, generator: torch.Gener
 class OGM(Method):
     Config = OGMConfig
     needs_two_modalities = True
+    graph_safe = True  # device-only step: coefficients, GE's std and noise (its own generator), no sync
 
     @staticmethod
     def check_config(m) -> None:
@@ -138,6 +139,12 @@ class OGM(Method):
             modulate_(grads, k, gen, self._noise_buffer() if self.ge and grads else None)
         return {"mod/coeff_audio": k_a, "mod/coeff_visual": k_v}
 
+    def graph_key(self, epoch: int):
+        return self.start <= epoch <= self.end  # inside the window or not: two different steps
+
+    def graph_generators(self) -> list[torch.Generator]:
+        return [self.generator] if self.ge and self.generator.device.type == "cuda" else []
+
     def _noise_buffer(self) -> NoiseBuffer:
         """GE's flat noise buffer, shared by the two encoders (they are modulated in turn) and as
         large as the larger one's selected parameters: allocated on the first step only."""
@@ -155,4 +162,4 @@ class OGM(Method):
 
 @METHODS.register("none")
 class NoModulation(Method):
-    pass
+    graph_safe = True

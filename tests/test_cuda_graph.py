@@ -1,0 +1,202 @@
+"""speed.cuda_graph: when the training step is replayed from a CUDA graph, and what GraphedStep does
+per batch. On the CPU a stand-in replaces the three CUDA parts (warm-up on a side stream, capture,
+replay) with what they mean: capture keeps the step over static tensors, replay runs it; on CUDA
+(tests/test_cuda.py style, skipped here) the real graph is checked against the eager step."""
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import avbalance.trainer as trainer_module
+from avbalance import speed
+from avbalance.data.base import Batch
+from avbalance.methods.base import Method
+from avbalance.methods.ogm import OGM
+from avbalance.registry import METHODS
+from avbalance.trainer import train
+
+from conftest import TIMINGS, make_cfg
+
+CPU = torch.device("cpu")
+
+
+class StandIn(speed.GraphedStep):
+    """The CUDA parts as their meaning: `capture` records the step over the static batch without
+    running it, `replay` runs it (into outputs that the next replay overwrites)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.events = []
+
+    def _eager_warmup(self, batch, epoch):
+        self.events.append("warm")
+        return self.step(batch, epoch)
+
+    def _capture(self, fn):
+        self.events.append("capture")
+        self.fn, self.outputs = fn, None
+        return "graph"
+
+    def _replay(self, graph):
+        self.events.append("replay")
+        self.outputs = self.fn()
+
+
+def _batch(i, n=4):
+    return Batch(torch.full((n, 1, 2, 2), float(i)), torch.full((n, 3, 1, 2, 2), float(-i)), torch.arange(n) % 2,
+                 torch.arange(n) + 10 * i)
+
+
+class Window:
+    def __init__(self):
+        self.generators = []
+
+    def graph_key(self, epoch):
+        return 1 <= epoch <= 2
+
+    def graph_generators(self):
+        return self.generators
+
+
+def test_warm_up_then_capture_then_replay_with_eager_partial_batches_and_a_new_capture_per_key():
+    seen = []
+
+    def step(b, epoch):
+        seen.append((epoch, b.audio[0, 0, 0, 0].item(), b.index.tolist()))
+        return b.audio.sum(), {"x": b.visual.mean()}
+    opt = SimpleNamespace(param_groups=[{"lr": 0.1}, {"lr": 0.2}], zero_grad=lambda set_to_none: None)
+    g = StandIn(step, Window(), opt, batch_size=4, warmup=2)
+    plan = [(0, 4), (0, 4), (0, 4), (0, 4), (0, 3),   # epoch 0: warm, warm, capture + replay, replay, partial
+            (1, 4), (1, 4), (1, 4), (1, 4),           # epoch 1: inside the window, a new key
+            (2, 4),                                   # epoch 2: the same window, a new rate
+            (3, 4), (3, 4), (3, 4),                   # epoch 3: outside the window again
+            (4, 4)]                                   # epoch 4: epoch 3's key: replayed at once
+    outs = []
+    for i, (epoch, n) in enumerate(plan):
+        if epoch == 2:
+            opt.param_groups[0]["lr"] = 0.01
+        outs.append(g(_batch(i, n), epoch))
+        if i == 3:  # a replay: the graph's outputs are overwritten by the next one; the caller holds copies
+            g.outputs[0].fill_(-1)
+            g.outputs[1]["x"].fill_(-1)
+    assert g.events == ["warm", "warm", "capture", "replay", "replay",   # epoch 0 (the partial batch: no event)
+                        "warm", "warm", "capture", "replay", "replay",   # epoch 1
+                        "warm",                                          # epoch 2
+                        "warm", "warm", "capture", "replay", "replay"]   # epochs 3 and 4
+    assert (g.captures, g.replays) == (3, 6)
+    # every call stepped on its own batch's values (the replays through the static copies), partial included
+    assert [s[1] for s in seen] == [float(i) for i in range(len(plan))]
+    assert seen[4][2] == [40, 41, 42] and seen[3][2] == [30, 31, 32, 33]
+    loss, logs = outs[3]
+    assert loss.item() == 3.0 * 16 and logs["x"].item() == -3.0
+
+
+def test_the_graph_registers_the_methods_own_generators(monkeypatch):
+    registered, captured = [], []
+
+    class FakeGraph:
+        def register_generator_state(self, gen):
+            registered.append(gen)
+
+    class FakeCapture:
+        def __init__(self, graph):
+            captured.append(graph)
+
+        def __enter__(self):
+            pass
+
+        def __exit__(self, *exc):
+            pass
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
+    method, gen = Window(), torch.Generator()
+    method.generators = [gen]
+    zeroed = []
+    opt = SimpleNamespace(param_groups=[{"lr": 0.1}], zero_grad=lambda set_to_none: zeroed.append(set_to_none))
+    g = speed.GraphedStep(lambda b, e: (b.audio.sum(), {}), method, opt, batch_size=4)
+    graph = g._capture(lambda: "outputs")
+    assert registered == [gen] and captured == [graph] and g.outputs == "outputs" and zeroed == [True]
+
+
+def _method(name, **cfg):
+    from conftest import make_cfg as mk
+    c = mk(f"modulation={name}", *[f"modulation.{k}={v}" for k, v in cfg.items()])
+    model = __import__("avbalance.models", fromlist=["build_model"]).build_model(c.model, c.fusion, 3)
+    return METHODS.get(name)(c.modulation, model, device=CPU, seed=0)
+
+
+def test_which_methods_and_runs_may_be_replayed():
+    on = SimpleNamespace(cuda_graph=True)
+    ogm, none, mslr = _method("ogm_ge"), _method("none"), _method("mslr")
+    cuda = torch.device("cuda")
+    assert speed.cuda_graph_refusal(SimpleNamespace(cuda_graph=False), cuda, 1, ogm) == "off"
+    assert speed.cuda_graph_refusal(on, CPU, 1, ogm) == "not on CUDA"
+    assert speed.cuda_graph_refusal(on, cuda, 2, ogm).startswith("2 processes")
+    assert speed.cuda_graph_refusal(on, cuda, 1, mslr) == ("modulation=mslr has per-step host work a replay would skip "
+                                                           "(graph_safe = False)")
+    assert speed.cuda_graph_refusal(on, cuda, 1, ogm) is None and speed.cuda_graph_refusal(on, cuda, 1, none) is None
+    # OGM's window is host-side: two keys; GE's generator is registered only when it is a CUDA one
+    w = _method("ogm_ge", start_epoch=2, end_epoch=3)
+    assert [w.graph_key(e) for e in range(5)] == [False, False, True, True, False]
+    assert w.graph_generators() == [] and _method("ogm").graph_generators() == []
+    assert Method.graph_safe is False and OGM.graph_safe is True and METHODS.get("none").graph_safe is True
+
+
+def test_asked_on_the_cpu_it_is_not_used_says_so_and_changes_nothing(tmp_path, caplog):
+    runs = {}
+    for flag in ("false", "true"):
+        with caplog.at_level(logging.INFO, logger="avbalance"):
+            caplog.clear()
+            runs[flag] = train(make_cfg("modulation=ogm_ge", "epochs=2", f"speed.cuda_graph={flag}"), tmp_path / flag)
+        said = [r.getMessage() for r in caplog.records if "cuda_graph" in r.getMessage()]
+        assert said == ([] if flag == "false" else ["speed.cuda_graph: not used: not on CUDA"])
+    for r in runs.values():
+        for k in TIMINGS:
+            r["last"].pop(k)
+    assert runs["false"] == runs["true"]
+
+
+def test_the_trainer_steps_through_the_graphed_step_when_it_applies(tmp_path, monkeypatch):
+    """The trainer's wiring, on the CPU: with the refusal lifted and the stand-in in place, a run
+    replays most of its steps and trains to the numbers of the eager run (a replay is the step)."""
+    made = []
+
+    def stand_in(*a, **kw):
+        made.append(StandIn(*a, **kw))
+        return made[-1]
+    runs = {}
+    for graphed in (False, True):
+        if graphed:
+            monkeypatch.setattr(speed, "cuda_graph_refusal", lambda *a: None)
+            monkeypatch.setattr(speed, "GraphedStep", stand_in)
+        runs[graphed] = train(make_cfg("modulation=ogm_ge", "modulation.alpha=0.8", "epochs=3", "dataset.n_train=200",
+                                       "batch_size=32", "speed.cuda_graph=true"), tmp_path / str(graphed))
+    (g,) = made
+    # 200 rows: 6 full batches and a partial one per epoch; OGM's window and the rate stay: one capture
+    assert g.events.count("capture") == 1 and g.events.count("replay") == 3 * 6 - 3 and g.events.count("warm") == 3
+    for r in runs.values():
+        for k in TIMINGS:
+            r["last"].pop(k)
+    assert runs[False] == runs[True]
+
+
+pytestmark_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+
+
+@pytestmark_cuda
+@pytest.mark.parametrize("modulation", ["ogm_ge", "none"])
+def test_on_cuda_a_graphed_run_trains_as_the_eager_run(tmp_path, monkeypatch, modulation):
+    made = []
+    real = speed.GraphedStep
+    monkeypatch.setattr(speed, "GraphedStep", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+    runs = {}
+    for flag in ("false", "true"):
+        runs[flag] = train(make_cfg(f"modulation={modulation}", "modulation.alpha=0.8" if modulation != "none" else "epochs=3",
+                                    "epochs=3", "dataset.n_train=200", "batch_size=32", "device=cuda",
+                                    "speed.cudnn_benchmark=false", f"speed.cuda_graph={flag}"), tmp_path / flag)
+    (g,) = made
+    assert g.captures == 1 and g.replays == 3 * 6 - 3
+    a, b = runs["false"]["last"], runs["true"]["last"]
+    assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-3)
+    assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
