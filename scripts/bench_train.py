@@ -210,9 +210,10 @@ def run(args, modulation: str) -> dict:
         mark(row)
 
     model.train()
-    if args.cuda_graph:
-        step = graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer)
+    if args.cuda_graph:  # the same phases' marks, around a replayed graph (warmed up and captured here)
+        timed = graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer)
     else:
+        timed = step
         for i in range(args.warmup):
             step(i, None)
     sync(device)
@@ -223,11 +224,11 @@ def run(args, modulation: str) -> dict:
     t0 = time.perf_counter()
     for i in range(args.steps):
         timer.marks.append([])
-        step(i, timer.marks[-1])
+        timed(i, timer.marks[-1])
     sync(device)
     wall = time.perf_counter() - t0
     phases = timer.phases_ms()
-    prof = profile_steps(lambda i: step(i, None), args.profile, device) if args.profile else None
+    prof = profile_steps(lambda i: timed(i, None), args.profile, device) if args.profile else None
 
     B = shape["batch"]
     peak = peak_memory(device)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import avbalance.trainer as trainer_module
 from avbalance import speed
 from avbalance.data.base import Batch
 from avbalance.methods.base import Method
@@ -181,10 +180,7 @@ def test_the_trainer_steps_through_the_graphed_step_when_it_applies(tmp_path, mo
     assert runs[False] == runs[True]
 
 
-pytestmark_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
-
-
-@pytestmark_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
 @pytest.mark.parametrize("modulation", ["ogm_ge", "none"])
 def test_on_cuda_a_graphed_run_trains_as_the_eager_run(tmp_path, monkeypatch, modulation):
     made = []
@@ -192,9 +188,10 @@ def test_on_cuda_a_graphed_run_trains_as_the_eager_run(tmp_path, monkeypatch, mo
     monkeypatch.setattr(speed, "GraphedStep", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
     runs = {}
     for flag in ("false", "true"):
-        runs[flag] = train(make_cfg(f"modulation={modulation}", "modulation.alpha=0.8" if modulation != "none" else "epochs=3",
-                                    "epochs=3", "dataset.n_train=200", "batch_size=32", "device=cuda",
-                                    "speed.cudnn_benchmark=false", f"speed.cuda_graph={flag}"), tmp_path / flag)
+        alpha = ["modulation.alpha=0.8"] if modulation != "none" else []
+        runs[flag] = train(make_cfg(f"modulation={modulation}", *alpha, "epochs=3", "dataset.n_train=200", "batch_size=32",
+                                    "device=cuda", "speed.cudnn_benchmark=false", f"speed.cuda_graph={flag}"),
+                           tmp_path / flag)
     (g,) = made
     assert g.captures == 1 and g.replays == 3 * 6 - 3
     a, b = runs["false"]["last"], runs["true"]["last"]

@@ -68,6 +68,7 @@ class GraphedStep:
         self.batch_size, self.warmup = batch_size, warmup
         self.key, self.graph, self.static, self.outputs = None, None, None, None
         self.warm = self.captures = self.replays = 0
+        self.side = None  # the warm-up stream, made on first use
 
     def __call__(self, batch, epoch: int):
         if len(batch) != self.batch_size:  # the epoch's last, partial batch: another shape
@@ -91,11 +92,12 @@ class GraphedStep:
 
     # the CUDA parts, one method each (a CPU test stands in for them)
     def _eager_warmup(self, batch, epoch):
-        side, main = torch.cuda.Stream(), torch.cuda.current_stream()
-        side.wait_stream(main)  # after the batch was made (and after the last step's readers)
-        with torch.cuda.stream(side):
+        self.side = self.side or torch.cuda.Stream()
+        main = torch.cuda.current_stream()
+        self.side.wait_stream(main)  # after the batch was made, and after the readers of the last step's outputs
+        with torch.cuda.stream(self.side):
             out = self.step(batch, epoch)
-        main.wait_stream(side)
+        main.wait_stream(self.side)  # the caller reads the outputs on the main stream
         return out
 
     def _capture(self, fn):
