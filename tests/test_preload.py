@@ -77,9 +77,9 @@ def test_the_copy_is_made_once_per_split(root, monkeypatch):
     made = []
     real = prepared.DeviceSplit.__init__
 
-    def counting(self, arrays, device, **kw):
+    def counting(self, arrays, device, *a, **kw):
         made.append(arrays.dir.name)
-        real(self, arrays, device, **kw)
+        real(self, arrays, device, *a, **kw)
     monkeypatch.setattr(prepared.DeviceSplit, "__init__", counting)
     data = build(cfg(root), seed=0, batch_size=4, preload="all")
     for epoch in range(3):
@@ -89,12 +89,19 @@ def test_the_copy_is_made_once_per_split(root, monkeypatch):
     assert sorted(made) == ["test", "train"]
 
 
-def test_split_nbytes_counts_the_frames_clips_hold(root):
-    data = build(cfg(root), seed=0, batch_size=4, preload="all")
-    # test: 9 clips, at most 4 stored frames of 16x20x3, 4x12 float16 spectrograms, int64 labels
-    assert split_nbytes(data.arrays["test"]) == 9 * (4 * 16 * 20 * 3 + 4 * 12 * 2 + 8)
-    d = prepared.DeviceSplit(data.arrays["test"], CPU)
-    assert d.frames.nbytes + d.audio.nbytes + d.labels.nbytes == split_nbytes(data.arrays["test"])
+def test_only_the_frames_a_fixed_policy_feeds_are_copied_and_the_size_is_counted_before(root):
+    from avbalance.data.prepared import pick_frames
+    arrays = build(cfg(root), seed=0, batch_size=4).arrays["test"]
+    # test: 9 clips holding at most 4 stored frames of 16x20x3, 4x12 float16 spectrograms, int64 labels
+    every = prepared.DeviceSplit(arrays, CPU)                       # frame_selection=random: every stored frame
+    assert every.frames.shape == (9, 4, 16, 20, 3)
+    assert every.frames.nbytes + every.audio.nbytes + every.labels.nbytes == split_nbytes(arrays) \
+        == 9 * (4 * 16 * 20 * 3 + 4 * 12 * 2 + 8)
+    pos = pick_frames(np.asarray(arrays.a["n_frames"]), 2, "even")  # a fixed policy: the 2 fed frames only
+    fixed = prepared.DeviceSplit(arrays, CPU, pos)
+    assert fixed.frames.shape == (9, 2, 16, 20, 3) and torch.equal(fixed.frames, every.frames[torch.arange(9)[:, None],
+                                                                                              torch.from_numpy(pos)])
+    assert fixed.frames.nbytes + fixed.audio.nbytes + fixed.labels.nbytes == split_nbytes(arrays, 2)
 
 
 def test_an_unknown_choice_is_one_line(root):
@@ -106,9 +113,9 @@ def test_an_unknown_choice_is_one_line(root):
 def test_a_split_too_large_for_the_device_is_refused_when_asked_and_read_under_auto(root, monkeypatch, mode, split):
     made, free = [], {}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["now"], 80 * 2**30))
-    monkeypatch.setattr(prepared, "DeviceSplit", lambda arrays, device: made.append((arrays.dir.name, device)) or "copy")
+    monkeypatch.setattr(prepared, "DeviceSplit", lambda arrays, device, pos: made.append((arrays.dir.name, device)) or "copy")
     cuda = torch.device("cuda")
-    need = split_nbytes(build(cfg(root), seed=0, batch_size=4).arrays[split])
+    need = split_nbytes(build(cfg(root), seed=0, batch_size=4).arrays[split], 2)  # frames=2, even: fixed
     free["now"] = 4 * need - 4  # a quarter of it is one byte short
     data = build(cfg(root), seed=0, batch_size=4, preload=mode)
     with pytest.raises(ConfigError) as e:

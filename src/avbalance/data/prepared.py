@@ -191,35 +191,43 @@ def _stored_frames(arrays) -> int:
     return max(1, int(np.max(arrays.a["n_frames"], initial=1)))
 
 
-def split_nbytes(arrays) -> int:
-    """Device bytes of a preloaded split: its stored frames (decoded), spectrograms and labels."""
+def split_nbytes(arrays, frames: int | None = None) -> int:
+    """Device bytes of a preloaded split: `frames` fed frames per clip (None: every stored frame,
+    decoded), the spectrograms and the labels."""
     (H, W), (F_, T_) = arrays.format["frame_hw"], arrays.format["audio_shape"]
-    return len(arrays.a["labels"]) * (_stored_frames(arrays) * H * W * 3 + F_ * T_ * 2 + 8)
+    t = _stored_frames(arrays) if frames is None else frames
+    return len(arrays.a["labels"]) * (t * H * W * 3 + F_ * T_ * 2 + 8)
 
 
 class DeviceSplit:
     """A split's arrays copied to `device` once (speed.preload): batch k of an epoch's plan is then
-    a gather on the device. Gives what EpochReader gives for the same plan (rows sorted in a batch)."""
+    a gather on the device. Gives what EpochReader gives for the same plan (rows sorted in a batch).
+    `pos` [N, T]: the frames every plan feeds (a fixed frame policy: only those are copied), or None:
+    every stored frame (frame_selection=random draws others each epoch)."""
 
-    def __init__(self, arrays, device: torch.device, chunk: int = 256):
+    def __init__(self, arrays, device: torch.device, pos: np.ndarray | None = None, chunk: int = 256):
         a = arrays.a
         labels = np.asarray(a["labels"])
-        n, t_max = len(labels), _stored_frames(arrays)
+        n_stored = np.asarray(a["n_frames"]).astype(np.int64)
+        n = len(labels)
+        if pos is None:  # every stored frame, the last one repeated into the padding (a JPEG store has no empty slot to decode)
+            t = _stored_frames(arrays)
+            pos = np.minimum(np.arange(t)[None, :], np.maximum(n_stored[:, None], 1) - 1)
+            self.pos = None
+        else:
+            self.pos = pos = np.asarray(pos)
         (H, W), (F_, T_) = arrays.format["frame_hw"], arrays.format["audio_shape"]
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         self.audio = torch.zeros((n, F_, T_), dtype=torch.float16, device=device)
-        self.frames = torch.zeros((n, t_max, H, W, 3), dtype=torch.uint8, device=device)
-        n_stored = np.asarray(a["n_frames"]).astype(np.int64)
+        self.frames = torch.zeros((n, pos.shape[1], H, W, 3), dtype=torch.uint8, device=device)
         for lo in range(0, n, chunk):  # in chunks: the host never holds the whole split
             rows = np.arange(lo, min(n, lo + chunk))
             rows = rows[labels[rows] >= 0]  # skipped rows are never read (their slots stay zero)
             if not len(rows):
                 continue
-            # every stored frame, the last one repeated into the padding (so a JPEG store decodes no empty slot)
-            every = np.minimum(np.arange(t_max)[None, :], np.maximum(n_stored[rows, None], 1) - 1)  # [b, t_max]
-            idx = torch.from_numpy(rows)
-            self.audio[idx.to(device)] = torch.from_numpy(np.ascontiguousarray(a["audio"][rows])).to(device)
-            self.frames[idx.to(device)] = torch.from_numpy(np.ascontiguousarray(arrays.read_frames(rows, every))).to(device)
+            idx = torch.from_numpy(rows).to(device)
+            self.audio[idx] = torch.from_numpy(np.ascontiguousarray(a["audio"][rows])).to(device)
+            self.frames[idx] = torch.from_numpy(np.ascontiguousarray(arrays.read_frames(rows, pos[rows]))).to(device)
 
     def batches(self, reader: "EpochReader", device: torch.device):
         """The batches of `reader`'s plan, on the device."""
@@ -227,7 +235,10 @@ class DeviceSplit:
         if not rows:
             return
         flat = _to_device(torch.from_numpy(np.concatenate(rows).astype(np.int64)), device)  # the epoch's rows, one copy
-        pos = _to_device(torch.from_numpy(np.ascontiguousarray(reader.frame_pos, dtype=np.int64)), device)   # [N, T]
+        if self.pos is not None and not np.array_equal(self.pos, reader.frame_pos):
+            raise RuntimeError("a preloaded split with fixed frames was asked for other frames")  # a bug, not input
+        pos = None if self.pos is not None else _to_device(
+            torch.from_numpy(np.ascontiguousarray(reader.frame_pos, dtype=np.int64)), device)            # [N, T]
         start = _to_device(torch.from_numpy(np.ascontiguousarray(reader.audio_start, dtype=np.int64)), device)  # [N]
         cols = torch.arange(reader.audio_len, device=device)
         crop = reader.audio_len != self.audio.shape[2]
@@ -239,8 +250,8 @@ class DeviceSplit:
             if crop:
                 win = (start[idx, None] + cols).unsqueeze(1).expand(-1, audio.shape[1], -1)  # [B, F, c]
                 audio = audio.gather(2, win)
-            yield {"audio": audio, "frames": self.frames[idx[:, None], pos[idx]],  # [B, T, H, W, 3]
-                   "label": self.labels[idx], "index": idx}
+            frames = self.frames[idx] if pos is None else self.frames[idx[:, None], pos[idx]]  # [B, T, H, W, 3]
+            yield {"audio": audio, "frames": frames, "label": self.labels[idx], "index": idx}
 
 
 # ----------------------------------------------------------------------------- choices (CPU, seeded)
@@ -417,7 +428,12 @@ class PreparedData:
         key = (split, str(device))
         if key not in self._preloaded:
             take = {"off": False, "eval": split != "train", "all": True, "auto": device.type == "cuda"}[self.preload]
-            need = split_nbytes(self.arrays[split])
+            # a fixed frame policy feeds the same frames every epoch, in training and evaluation alike:
+            # only those are copied (CREMA-D: 1 of up to 4 stored); frame_selection=random needs them all
+            arrays = self.arrays[split]
+            pos = None if self.frame_selection == "random" else pick_frames(np.asarray(arrays.a["n_frames"]),
+                                                                            self.frames, self.frame_selection)
+            need = split_nbytes(arrays, None if pos is None else self.frames)
             if take and device.type == "cuda":
                 free = torch.cuda.mem_get_info(device)[0]
                 if need > free // 4:
@@ -429,7 +445,7 @@ class PreparedData:
                     take = False
             if take:
                 t = time.perf_counter()
-                self._preloaded[key] = DeviceSplit(self.arrays[split], device)
+                self._preloaded[key] = DeviceSplit(arrays, device, pos)
                 log.info("preloaded %s/%s to %s: %.1f MiB in %.1f s", self.name, split, device, need / 2**20,
                          time.perf_counter() - t)
             else:
