@@ -58,30 +58,32 @@ core() {
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
       && export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
   fi
+  # the order is the priority: what the last H200 run left open first (the CUDA-graph step, the profile,
+  # the CUDA tests of preloading and graphs, train.py from a preloaded store), re-measurements after
   step bench_bf16_memory 150 "$B --precision bf16 --data memory --compare --repeats $REP --steps $STEPS --warmup $WARM \
     --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
-  step bench_bf16_augment 100 "$B --precision bf16 --data augment --compare --repeats $REP --steps $STEPS --warmup $WARM \
-    --json $R/bench_bf16_augment.json"
-  step profile 90 "$B --precision bf16 --data memory --compare --steps $WARM --warmup $WARM --profile 20 \
-    --json $R/profile.json"
   step graph_memory 90 "$B --precision bf16 --data memory --compare --repeats 2 --steps $STEPS --warmup $WARM --cuda-graph \
     --json $R/graph_memory.json"
+  step profile 90 "$B --precision bf16 --data memory --compare --steps $WARM --warmup $WARM --profile 20 \
+    --json $R/profile.json"
+  step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
+    tests/test_mslr.py tests/test_opm.py tests/test_preload.py tests/test_cuda_graph.py -k 'cuda or speed or bench or CUDA or preload or graph'"
+  step store 90 "$PY scripts/make_bench_store.py --out $WORK/store --scale $SCALE"
+  step e2e_ogm_ge 100 "$PY train.py $T $G hydra.run.dir=$WORK/runs/e2e_ogm_ge && cp $WORK/runs/e2e_ogm_ge/metrics.jsonl $R/e2e_ogm_ge.jsonl"
+  step e2e_ogm_ge_graph 100 "$PY train.py $T $G speed.cuda_graph=true hydra.run.dir=$WORK/runs/e2e_graph && cp $WORK/runs/e2e_graph/metrics.jsonl $R/e2e_ogm_ge_graph.jsonl"
+  step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
   step graph_augment 60 "$B --precision bf16 --data augment --compare --steps $STEPS --warmup $WARM --cuda-graph \
     --json $R/graph_augment.json"
   step graph_packed2 90 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --cuda-graph \
     --packed 2 --json $R/graph_packed2.json"
-  step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
-    --compile-mode reduce-overhead --json $R/compile_ro.json"
-  step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
-    tests/test_mslr.py tests/test_opm.py tests/test_preload.py tests/test_cuda_graph.py -k 'cuda or speed or bench or CUDA or preload or graph'"
-  step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
-  step packed4 120 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --packed 4 \
-    --json $R/packed4.json"
-  step store 90 "$PY scripts/make_bench_store.py --out $WORK/store --scale $SCALE"
-  step e2e_ogm_ge 100 "$PY train.py $T $G hydra.run.dir=$WORK/runs/e2e_ogm_ge && cp $WORK/runs/e2e_ogm_ge/metrics.jsonl $R/e2e_ogm_ge.jsonl"
-  step e2e_ogm_ge_graph 100 "$PY train.py $T $G speed.cuda_graph=true hydra.run.dir=$WORK/runs/e2e_graph && cp $WORK/runs/e2e_graph/metrics.jsonl $R/e2e_ogm_ge_graph.jsonl"
   step e2e_ogm_ge_reader 100 "$PY train.py $T $G speed.preload=off hydra.run.dir=$WORK/runs/e2e_reader && cp $WORK/runs/e2e_reader/metrics.jsonl $R/e2e_ogm_ge_reader.jsonl"
   step e2e_none 100 "$PY train.py $T modulation=none hydra.run.dir=$WORK/runs/e2e_none && cp $WORK/runs/e2e_none/metrics.jsonl $R/e2e_none.jsonl"
+  step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
+    --compile-mode reduce-overhead --json $R/compile_ro.json"
+  step bench_bf16_augment 100 "$B --precision bf16 --data augment --compare --repeats $REP --steps $STEPS --warmup $WARM \
+    --json $R/bench_bf16_augment.json"
+  step packed4 120 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --packed 4 \
+    --json $R/packed4.json"
   step e2e_pack4 180 "$PY train.py -m $T $G hydra/launcher=pack hydra.launcher.n_jobs=4 seed=0,1,2,3 \
     hydra.sweep.dir=$WORK/runs/pack4 && for d in $WORK/runs/pack4/*/; do cp \$d/metrics.jsonl $R/pack4_\$(basename \$d).jsonl; done"
   step bench_fp32_augment 80 "$B --precision fp32 --data augment --compare --steps $STEPS --warmup $WARM \
