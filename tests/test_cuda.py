@@ -115,8 +115,8 @@ def test_speed_settings_are_in_force_while_training(tmp_path, monkeypatch):
     made = {}
     real_opt = trainer_module.build_optimizer
 
-    def recording_opt(cfg, groups, fused=False):
-        made["optimizer"] = real_opt(cfg, groups, fused=fused)
+    def recording_opt(cfg, groups, **kw):
+        made["optimizer"] = real_opt(cfg, groups, **kw)
         return made["optimizer"]
     monkeypatch.setattr(trainer_module, "build_optimizer", recording_opt)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)

@@ -159,8 +159,12 @@ def test_asked_on_the_cpu_it_is_not_used_says_so_and_changes_nothing(tmp_path, c
 
 def test_the_trainer_steps_through_the_graphed_step_when_it_applies(tmp_path, monkeypatch):
     """The trainer's wiring, on the CPU: with the refusal lifted and the stand-in in place, a run
-    replays most of its steps and trains to the numbers of the eager run (a replay is the step)."""
-    made = []
+    replays most of its steps and trains to the numbers of the eager run (a replay is the step); the
+    optimizer is built capturable only then."""
+    import avbalance.trainer as trainer_module
+    made, built = [], []
+    real_opt = trainer_module.build_optimizer
+    monkeypatch.setattr(trainer_module, "build_optimizer", lambda *a, **kw: built.append(kw) or real_opt(*a, **kw))
 
     def stand_in(*a, **kw):
         made.append(StandIn(*a, **kw))
@@ -173,6 +177,7 @@ def test_the_trainer_steps_through_the_graphed_step_when_it_applies(tmp_path, mo
         runs[graphed] = train(make_cfg("modulation=ogm_ge", "modulation.alpha=0.8", "epochs=3", "dataset.n_train=200",
                                        "batch_size=32", "speed.cuda_graph=true"), tmp_path / str(graphed))
     (g,) = made
+    assert [kw["capturable"] for kw in built] == [False, True]
     # 200 rows: 6 full batches and a partial one per epoch; OGM's window and the rate stay: one capture
     assert g.events.count("capture") == 1 and g.events.count("replay") == 3 * 6 - 3 and g.events.count("warm") == 3
     for r in runs.values():
@@ -182,15 +187,16 @@ def test_the_trainer_steps_through_the_graphed_step_when_it_applies(tmp_path, mo
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
-@pytest.mark.parametrize("modulation", ["ogm_ge", "none"])
-def test_on_cuda_a_graphed_run_trains_as_the_eager_run(tmp_path, monkeypatch, modulation):
+@pytest.mark.parametrize("modulation, optim", [("ogm_ge", "sgd"), ("none", "adam")])  # Adam: built capturable
+def test_on_cuda_a_graphed_run_trains_as_the_eager_run(tmp_path, monkeypatch, modulation, optim):
     made = []
     real = speed.GraphedStep
     monkeypatch.setattr(speed, "GraphedStep", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
     runs = {}
     for flag in ("false", "true"):
         alpha = ["modulation.alpha=0.8"] if modulation != "none" else []
-        runs[flag] = train(make_cfg(f"modulation={modulation}", *alpha, "epochs=3", "dataset.n_train=200", "batch_size=32",
+        runs[flag] = train(make_cfg(f"modulation={modulation}", *alpha, f"optim={optim}", "epochs=3", "dataset.n_train=200",
+                                    "batch_size=32",
                                     "device=cuda", "speed.cudnn_benchmark=false", f"speed.cuda_graph={flag}"),
                            tmp_path / flag)
     (g,) = made

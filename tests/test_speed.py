@@ -74,6 +74,9 @@ def test_fused_optimizer_on_cuda_only(name):
     params = [{"params": list(_model().parameters())}]
     assert build_optimizer(cfg, params, fused=True).defaults["fused"] is True
     assert not build_optimizer(cfg, params).defaults.get("fused")
+    # speed.cuda_graph: Adam's step count on the device (capturable); SGD has none to keep
+    assert build_optimizer(cfg, params, capturable=True).defaults.get("capturable", False) is (name != "sgd")
+    assert not build_optimizer(cfg, params).defaults.get("capturable", False)
 
 
 def test_compile_wraps_each_encoder_and_nothing_else(monkeypatch):

@@ -6,16 +6,19 @@ import torch
 from .errors import ConfigError
 
 
-def build_optimizer(cfg, param_groups: list[dict], fused: bool = False) -> torch.optim.Optimizer:
-    """`fused`: the CUDA kernel that updates every parameter in one launch (speed.fused_optimizer)."""
+def build_optimizer(cfg, param_groups: list[dict], fused: bool = False, capturable: bool = False) -> torch.optim.Optimizer:
+    """`fused`: the CUDA kernel that updates every parameter in one launch (speed.fused_optimizer).
+    `capturable`: Adam's step count kept on the device, so a CUDA graph can replay the update
+    (speed.cuda_graph); SGD keeps no count and needs nothing."""
     groups = [g for g in param_groups if g["params"]]
     kw = {"fused": True} if fused else {}
+    adam_kw = kw | ({"capturable": True} if capturable else {})
     if cfg.name == "sgd":  # reference: SGD(lr 1e-3, momentum 0.9, weight_decay 1e-4) on all parameters
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kw)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **adam_kw)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **kw)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **adam_kw)
     raise ConfigError(f"optim.name={cfg.name!r}; expected one of ['adam', 'adamw', 'sgd']")
 
 

@@ -125,9 +125,10 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     method = METHODS.get(cfg.modulation.name)(cfg.modulation, model, device=device, seed=cfg.seed)
     data = method.prepare_data(data)  # e.g. a held-out part of train (G-Blending); usually `data` itself
-    optimizer = build_optimizer(cfg.optim, method.param_groups(model), fused=speed.fused_optimizer(cfg.speed, device))
-    scheduler = build_scheduler(cfg.optim, optimizer)
     graph_refusal = speed.cuda_graph_refusal(cfg.speed, device, env.world, method)
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model), fused=speed.fused_optimizer(cfg.speed, device),
+                                capturable=graph_refusal is None)
+    scheduler = build_scheduler(cfg.optim, optimizer)
     # a captured region must not reuse casts autocast cached outside it: no cache when graphing
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16",  # noqa: E731
                                       cache_enabled=graph_refusal is not None)
