@@ -105,7 +105,9 @@ class GraphedStep:
         for gen in self.method.graph_generators():
             graph.register_generator_state(gen)
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward makes the gradients in the graph's pool
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's reader thread may pin memory meanwhile (speed.preload=off); that is not
+        # part of the graph and must not fail the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.outputs = fn()
         return graph
 
