@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.ops import roi_align
+from tqdm import tqdm
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, DataNotPreparedError
@@ -191,6 +193,11 @@ def _stored_frames(arrays) -> int:
     return max(1, int(np.max(arrays.a["n_frames"], initial=1)))
 
 
+def arrays_name(arrays) -> str:
+    """A split's name, or the names of a union's parts joined by +."""
+    return "+".join(p.dir.name for p in getattr(arrays, "parts", [arrays]))
+
+
 def split_nbytes(arrays, frames: int | None = None) -> int:
     """Device bytes of a preloaded split: `frames` fed frames per clip (None: every stored frame,
     decoded), the spectrograms and the labels."""
@@ -220,7 +227,9 @@ class DeviceSplit:
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         self.audio = torch.zeros((n, F_, T_), dtype=torch.float16, device=device)
         self.frames = torch.zeros((n, pos.shape[1], H, W, 3), dtype=torch.uint8, device=device)
-        for lo in range(0, n, chunk):  # in chunks: the host never holds the whole split
+        chunks = tqdm(range(0, n, chunk), desc=f"preload {arrays_name(arrays)}", leave=False, disable=None,
+                      file=sys.stderr)  # None: quiet when not a terminal
+        for lo in chunks:  # in chunks: the host never holds the whole split
             rows = np.arange(lo, min(n, lo + chunk))
             rows = rows[labels[rows] >= 0]  # skipped rows are never read (their slots stay zero)
             if not len(rows):
