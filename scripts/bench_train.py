@@ -15,6 +15,7 @@ against the current one and a candidate (time and bytes allocated per call).
 --cuda-graph: forward, backward, the modulation and the optimizer captured as one CUDA graph and replayed
 each step (the host then launches one graph instead of hundreds of kernels; the "forward" column holds
 the whole graph). A measurement of what graph capture would give the trainer, which does not use it yet.
+--parallel-encoders: the audio encoder on a second CUDA stream, overlapping the visual one (a measurement).
 --profile N: N more steps under torch.profiler: the device's busy time against the wall time, kernels
 launched and operators dispatched per step, and the heaviest kernels.
 Timing: CUDA events between phases (one synchronisation at the end of the measured steps), or
@@ -189,6 +190,7 @@ def run(args, modulation: str) -> dict:
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")  # noqa: E731
     timer = Timer(device)
     meter, nonfinite = DeviceMeter(method.trace), torch.zeros((), dtype=torch.bool, device=device)
+    encode = ParallelEncode(model, args.parallel_encoders)
 
     def step(i: int, row: list | None) -> None:  # the trainer's step(), with marks between its phases
         mark = timer.mark if row is not None else (lambda _: None)
@@ -196,7 +198,7 @@ def run(args, modulation: str) -> dict:
         batch = next_batch(data, i, shape, device, g, args.data)
         mark(row)
         with autocast():
-            out = model.fuse(model.encode(batch.audio, batch.visual))
+            out = model.fuse(encode(batch.audio, batch.visual))
             loss, logs = method.loss(out, batch, 0)
         mark(row)
         optimizer.zero_grad(set_to_none=True)
@@ -211,7 +213,7 @@ def run(args, modulation: str) -> dict:
 
     model.train()
     if args.cuda_graph:  # the same phases' marks, around a replayed graph (warmed up and captured here)
-        timed = graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer)
+        timed = graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer, encode)
     else:
         timed = step
         for i in range(args.warmup):
@@ -280,13 +282,38 @@ def profile_steps(step, n: int, device: torch.device, top: int = 15) -> dict:
             "top": [{"name": k[:90], "ms_per_step": sum(v) / n, "calls_per_step": len(v) / n} for k, v in heavy]}
 
 
+# ----------------------------------------------------------------------------- --parallel-encoders
+
+class ParallelEncode:
+    """`--parallel-encoders` (CUDA): the audio encoder on a side stream while the visual one runs on the
+    current stream, joined before the fusion head, so that their kernels (small at batch 64) can overlap
+    on the GPU; backward runs each encoder's kernels on the stream of its forward. A measurement for the
+    trainer, which encodes one encoder after the other."""
+
+    def __init__(self, model, enabled: bool):
+        self.model, self.enabled = model, enabled
+        self.side = torch.cuda.Stream() if enabled else None
+
+    def __call__(self, audio: torch.Tensor, visual: torch.Tensor) -> dict:
+        if not self.enabled:
+            return self.model.encode(audio, visual)
+        main = torch.cuda.current_stream()
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):
+            fa = self.model.encoders["audio"](audio)
+        fv = self.model.encoders["visual"](visual)
+        main.wait_stream(self.side)
+        fa.record_stream(main)  # made on the side stream, used (and freed) on this one
+        return {"audio": fa, "visual": fv}
+
+
 # ----------------------------------------------------------------------------- --cuda-graph: the step as one graph
 
-def train_body(model, method, optimizer, b: Batch, bf16: bool):
+def train_body(model, method, optimizer, b: Batch, bf16: bool, encode=None):
     """The trainer's step (trainer.train's `step`) with autocast's weight cache off, as the trainer has
     it under speed.cuda_graph (a captured region must not reuse casts cached outside it)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-        out = model.fuse(model.encode(b.audio, b.visual))
+        out = model.fuse((encode or model.encode)(b.audio, b.visual))
         loss, logs = method.loss(out, b, 0)
     optimizer.zero_grad(set_to_none=True)
     method.backward(loss)
@@ -295,11 +322,11 @@ def train_body(model, method, optimizer, b: Batch, bf16: bool):
     return loss, logs
 
 
-def graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer):
+def graphed(data, shape, device, g, args, timer, meter, nonfinite, model, method, optimizer, encode=None):
     """`--cuda-graph`: the trainer's speed.GraphedStep around the step (eager warm-up on a side stream,
     then one capture, then a replay per step: forward to optimizer in one launch); the batch is made
     eagerly and copied in. The per-step bookkeeping stays eager, as in the trainer."""
-    gs = speed.GraphedStep(lambda b, e: train_body(model, method, optimizer, b, args.precision == "bf16"),
+    gs = speed.GraphedStep(lambda b, e: train_body(model, method, optimizer, b, args.precision == "bf16", encode),
                            method, optimizer, shape["batch"])
 
     def step(i: int, row: list | None) -> None:
@@ -510,6 +537,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                    help="speed.compile_mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
+    p.add_argument("--parallel-encoders", action="store_true",
+                   help="the two encoders on two CUDA streams, overlapping (CUDA only)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture forward to optimizer step as one CUDA graph, replayed per step (CUDA only)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -529,8 +558,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.packed < 1:
         p.error("--steps, --repeats and --packed must be >= 1 and --warmup >= 0")
-    if args.cuda_graph and torch.device(args.device).type != "cuda":
-        p.error(f"--cuda-graph needs a CUDA device, got --device {args.device}")
+    for flag in ("cuda_graph", "parallel_encoders"):
+        if getattr(args, flag) and torch.device(args.device).type != "cuda":
+            p.error(f"--{flag.replace('_', '-')} needs a CUDA device, got --device {args.device}")
     if args.packed > 1:
         return packed(args, argv)
     device = torch.device(args.device)

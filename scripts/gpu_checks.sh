@@ -39,6 +39,9 @@ mkdir -p "$R"
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log, record rc and seconds
   local name=$1 limit=$2; shift 2
+  if [ "$DEVICE" = cpu ] && [[ $name == graph_* || $name == parallel_* ]]; then  # the CUDA-only benchmark flags
+    printf "%s\tskipped (CUDA only)\t0\n" "$name" | tee -a "$OUT/steps.tsv"; return
+  fi
   if [ $(( $(date +%s) - T0 + limit )) -gt "$BUDGET" ]; then
     printf "%s\tskipped (budget)\t0\n" "$name" | tee -a "$OUT/steps.tsv"; return
   fi
@@ -64,6 +67,8 @@ core() {
     --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
   step graph_memory 90 "$B --precision bf16 --data memory --compare --repeats 2 --steps $STEPS --warmup $WARM --cuda-graph \
     --json $R/graph_memory.json"
+  step graph_parallel 90 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --cuda-graph \
+    --parallel-encoders --json $R/graph_parallel.json"
   step profile 90 "$B --precision bf16 --data memory --compare --steps $WARM --warmup $WARM --profile 20 \
     --json $R/profile.json"
   step tests_cuda 180 "$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_speed.py tests/test_bench_train.py \
@@ -78,6 +83,8 @@ core() {
     --packed 2 --json $R/graph_packed2.json"
   step e2e_ogm_ge_reader 100 "$PY train.py $T $G speed.preload=off hydra.run.dir=$WORK/runs/e2e_reader && cp $WORK/runs/e2e_reader/metrics.jsonl $R/e2e_ogm_ge_reader.jsonl"
   step e2e_none 100 "$PY train.py $T modulation=none hydra.run.dir=$WORK/runs/e2e_none && cp $WORK/runs/e2e_none/metrics.jsonl $R/e2e_none.jsonl"
+  step parallel_memory 60 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --parallel-encoders \
+    --json $R/parallel_memory.json"
   step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
     --compile-mode reduce-overhead --json $R/compile_ro.json"
   step bench_bf16_augment 100 "$B --precision bf16 --data augment --compare --repeats $REP --steps $STEPS --warmup $WARM \

@@ -157,10 +157,11 @@ def test_profile_counts_the_host_work_of_each_step(tmp_path):
     assert any(t["name"] == "aten::std" for t in ge["top"]) and not any(t["name"] == "aten::std" for t in none["top"])
 
 
-def test_cuda_graph_is_refused_off_cuda(capsys):
+@pytest.mark.parametrize("flag", ["--cuda-graph", "--parallel-encoders"])
+def test_cuda_only_flags_are_refused_off_cuda(capsys, flag):
     with pytest.raises(SystemExit) as e:
-        bench_train.main(["--shape", "tiny", "--device", "cpu", "--cuda-graph"])
-    assert e.value.code == 2 and "--cuda-graph needs a CUDA device, got --device cpu" in capsys.readouterr().err
+        bench_train.main(["--shape", "tiny", "--device", "cpu", flag])
+    assert e.value.code == 2 and f"{flag} needs a CUDA device, got --device cpu" in capsys.readouterr().err
 
 
 def test_the_cuda_graph_run_goes_through_the_graphed_step(monkeypatch):
@@ -201,4 +202,28 @@ def test_a_captured_step_trains_as_the_eager_step(modulation):
         runs.append([p.detach().clone() for p in model.parameters()])
         if graph:
             assert (step.captures, step.replays) == (1, 5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*runs))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+@pytest.mark.parametrize("graph", [False, True])
+def test_encoders_on_two_streams_train_as_on_one(graph):
+    """--parallel-encoders: the same parameters after a few steps as the encoders run one after the other
+    (eager, and replayed from a graph that forks and joins the two streams)."""
+    import torch
+    from avbalance import speed
+    device, shape = torch.device("cuda"), bench_train.SHAPES["tiny"]
+    sp = bench_train.speed_cfg(SimpleNamespace(channels_last=True, cudnn_benchmark=False, fused_optimizer=True,
+                                               compile=False, compile_mode="default"))
+    batches = bench_train.make_data(shape, device, "memory", n=3)
+    runs = []
+    for parallel in (False, True):
+        model, method, opt = bench_train.build(shape, "concat", "ogm_ge", device, sp)
+        encode = bench_train.ParallelEncode(model, parallel)
+        body = lambda b, e: bench_train.train_body(model, method, opt, b, False, encode)  # noqa: E731
+        step = speed.GraphedStep(body, method, opt, shape["batch"]) if graph else body
+        for i in range(8):
+            step(batches[i % 3], 0)
+        torch.cuda.synchronize()
+        runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*runs))
