@@ -44,19 +44,27 @@ def test_reports_every_phase_and_the_ogm_ge_overhead(tmp_path, data):
     assert micro["scaling only (OGM, no GE)"]["aten_ops_per_step"] < new["aten_ops_per_step"] < per_call["aten_ops_per_step"]
 
 
-def test_runs_with_hydra_and_omegaconf_absent():
+def test_runs_with_hydra_omegaconf_opencv_and_tqdm_absent():
     # a finder that refuses them: an import anywhere in the script's path fails the run
     code = f"""
 import sys
+import importlib.machinery
+class Absent:  # torch itself only asks whether tqdm exists; importing it must fail
+    def create_module(self, spec):
+        raise ImportError('refused: ' + spec.name)
+    def exec_module(self, module):
+        pass
 class Refuse:
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in ('hydra', 'omegaconf', 'cv2'):
             raise ImportError('refused: ' + name)
+        if name.split('.')[0] == 'tqdm':
+            return importlib.machinery.ModuleSpec(name, Absent())
 sys.meta_path.insert(0, Refuse())
 sys.path.insert(0, {str(REPO / 'scripts')!r})
 import bench_train
 bench_train.main(['--shape', 'tiny', '--device', 'cpu', '--steps', '1', '--warmup', '0', '--modulation', 'ogm_ge'])
-bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'cv2')]
+bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'cv2', 'tqdm')]
 assert not bad, bad
 print('clean')
 """

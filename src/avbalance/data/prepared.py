@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.ops import roi_align
-from tqdm import tqdm
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ConfigError, DataNotPreparedError
@@ -227,6 +226,7 @@ class DeviceSplit:
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         self.audio = torch.zeros((n, F_, T_), dtype=torch.float16, device=device)
         self.frames = torch.zeros((n, pos.shape[1], H, W, 3), dtype=torch.uint8, device=device)
+        from tqdm import tqdm  # here, not at the top: scripts/bench_train.py imports this module without tqdm
         chunks = tqdm(range(0, n, chunk), desc=f"preload {arrays_name(arrays)}", leave=False, disable=None,
                       file=sys.stderr)  # None: quiet when not a terminal
         for lo in chunks:  # in chunks: the host never holds the whole split
