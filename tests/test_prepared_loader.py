@@ -283,3 +283,20 @@ def test_early_stop_of_the_consumer_does_not_hang_or_leak_threads(root):
         time.sleep(0.05)
     assert not prefetchers(), "prefetch threads outlive the loops that stopped early"
     assert len(list(d.eval_batches("test"))) == 5
+
+
+def test_jpeg_decoding_threads_in_this_process_one_per_worker_process(tmp_path, monkeypatch):
+    import os
+    from avbalance.data import prepared
+    make_dataset(tmp_path, jpeg=True)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert {a.decode_threads for a in build(cfg(tmp_path), seed=0, batch_size=4).splits.values()} == {8}
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert {a.decode_threads for a in build(cfg(tmp_path), seed=0, batch_size=4).splits.values()} == {2}
+    workers = build(cfg(tmp_path), seed=0, batch_size=4, num_workers=2)
+    assert {a.decode_threads for a in workers.splits.values()} == {1}
+    # a pool per process and size, made once; one thread decodes without one
+    assert prepared._decode_pool(1) is None and prepared._decode_pool(2) is prepared._decode_pool(2)
+    threaded = build(cfg(tmp_path), seed=0, batch_size=4)
+    for x, y in zip(workers.train_batches(0), threaded.train_batches(0)):
+        assert torch.equal(x.visual, y.visual) and torch.equal(x.index, y.index)

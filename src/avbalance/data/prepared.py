@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,20 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- reading (CPU)
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _decode_pool(threads: int) -> ThreadPoolExecutor | None:
+    """A thread pool of `threads` for JPEG decoding, one per process (a forked DataLoader worker does
+    not inherit a working pool); None for one thread."""
+    if threads <= 1:
+        return None
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="avbalance-jpeg")
+    return _POOLS[key]
+
+
 class SplitArrays:
     """The arrays of one split. Memmaps open lazily, so DataLoader workers open their own
     instead of receiving pickled array data."""
@@ -56,6 +72,7 @@ class SplitArrays:
         self.dir = Path(split_dir)
         self.format = json.loads((self.dir / "format.json").read_text())
         self.jpeg = self.format["jpeg"]
+        self.decode_threads = 1  # JPEG stores: threads decoding a batch (OpenCV lets go of the GIL)
         self._a = None
 
     def __getstate__(self):  # never pickle the memmaps
@@ -78,7 +95,9 @@ class SplitArrays:
 
         idx = self.a["frames_index"][rows[:, None], pos]  # [B, T, 2] (offset, length)
         blob = self.a["blob"]
-        out = [cv2.imdecode(blob[o:o + n], cv2.IMREAD_COLOR)[..., ::-1] for o, n in idx.reshape(-1, 2)]
+        decode = lambda on: cv2.imdecode(blob[on[0]:on[0] + on[1]], cv2.IMREAD_COLOR)[..., ::-1]  # noqa: E731  BGR -> RGB
+        pool = _decode_pool(self.decode_threads)
+        out = list(pool.map(decode, idx.reshape(-1, 2)) if pool else map(decode, idx.reshape(-1, 2)))
         return np.stack(out).reshape(*pos.shape, *out[0].shape)
 
 
@@ -406,6 +425,10 @@ class PreparedData:
         # the arrays a run reads per split; "train" may be a union (protocol=paper: train + val)
         self.arrays = {**self.splits, "train": ConcatArrays([self.splits[t] for t in train_splits])
                        if len(train_splits) > 1 else self.splits[train_splits[0]]}
+        # JPEG stores read in this process (num_workers=0: the prefetch thread, and preloading) decode
+        # each batch on several threads; worker processes decode on one each (they are the parallelism)
+        for a in self.splits.values():
+            a.decode_threads = min(8, os.cpu_count() or 1) if num_workers == 0 else 1
         self.selection_split = cfg.selection_split
         if self.selection_split not in self.splits:
             raise ConfigError(f"dataset '{self.name}': selection_split '{self.selection_split}' is not prepared at "
