@@ -288,7 +288,8 @@ def test_rank_0_of_2_writes_the_run_and_takes_every_multiprocess_branch(tmp_path
     assert [len(b) for b in world.train_rows] == [8] * 8  # 64 rows, global batch 16: 8 per process, 4 steps x 2 epochs
     assert ("ddp", (("device_ids", None), ("find_unused_parameters", True))) in world.calls
     per_epoch = [c for c in world.calls if c in ("all_max", "broadcast_buffers", "barrier")]
-    assert per_epoch == ["all_max", "broadcast_buffers", "barrier"] * 2
+    # then one more barrier: rank 0's checkpoint files are written before any process reads best.pt
+    assert per_epoch == ["all_max", "broadcast_buffers", "barrier"] * 2 + ["barrier"]
     assert world.calls.count("broadcast") == 1 and "setup" in world.calls
 
 

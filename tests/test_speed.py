@@ -34,7 +34,7 @@ def _cfg(**kw):
 def test_defaults_are_on_except_compile():
     assert OmegaConf.to_container(make_cfg().speed) == {"channels_last": True, "cudnn_benchmark": True,
                                                         "fused_optimizer": True, "compile": False, "compile_mode": "default",
-                                                        "cuda_graph": False, "preload": "auto"}
+                                                        "cuda_graph": False, "async_checkpoint": True, "preload": "auto"}
 
 
 def test_on_cuda_the_convolutions_go_channels_last_and_the_values_stay():

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,6 +32,47 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _host_copy(obj):
+    """`obj` with every tensor copied to host memory (the caller goes on changing the originals)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Checkpoints written by a background thread, in the order they were saved (speed.async_checkpoint):
+    `save` copies the state to host memory at once and returns while the file is written (atomically,
+    as save_checkpoint); `flush` waits for every pending write and raises the error of a failed one.
+    A write still pending when the process ends is finished before it exits (the pool's thread is
+    joined at exit). background=False: `save` writes before it returns."""
+
+    def __init__(self, background: bool = True):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="avbalance-ckpt") if background else None
+        self.pending: list[Future] = []
+
+    def save(self, path: Path, state: dict) -> None:
+        self._raise_failed()
+        if self.pool is None:
+            save_checkpoint(path, state)
+        else:
+            self.pending.append(self.pool.submit(save_checkpoint, path, _host_copy(state)))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for f in pending:
+            f.result()
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self.pending if f.done()]
+        self.pending = [f for f in self.pending if not f.done()]
+        for f in done:
+            f.result()
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

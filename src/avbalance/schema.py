@@ -58,6 +58,7 @@ class SpeedConfig:
     compile: bool = False             # torch.compile each encoder
     compile_mode: CompileMode = CompileMode["default"]  # torch.compile's mode (reduce-overhead: CUDA graphs)
     cuda_graph: bool = False          # the training step replayed from a CUDA graph (off: not yet measured on a GPU)
+    async_checkpoint: bool = True     # checkpoints written by a background thread while training goes on (CPU too)
     preload: Preload = Preload.auto   # prepared splits copied to the device once: auto (CUDA, if they fit) | off | eval | all
 
 

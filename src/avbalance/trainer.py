@@ -24,7 +24,7 @@ from .optim import build_optimizer, build_scheduler
 from .plots import plot_run
 from .data import build_data
 from .registry import METHODS
-from .rundir import MetricsLog, atomic_write_text, load_checkpoint, meta, save_checkpoint, write_json
+from .rundir import CheckpointWriter, MetricsLog, atomic_write_text, load_checkpoint, meta, write_json
 
 log = logging.getLogger("avbalance")
 
@@ -181,6 +181,9 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     steps = _steps_csv(run_dir / "steps.csv", start_epoch, last_log.get("steps"), method.trace, write=main)
     logger = build_logger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True)) if main else NoLogger()
     sel = data.selection_split
+    # checkpoints: copied to the host at once, written while the next epoch trains (speed.async_checkpoint);
+    # flushed before anything reads them (the callbacks, the final evaluation, the error message below)
+    writer = CheckpointWriter(background=bool(cfg.speed.async_checkpoint))
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -204,6 +207,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
             n_seen = int(distributed.all_sum(torch.tensor(n_seen, device=device)).item())
             distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as in its checkpoint
         if nonfinite.item():
+            writer.flush()
             kept = f"last good checkpoint kept in {ckpt_dir}" if (ckpt_dir / "last.pt").exists() else "no checkpoint was saved"
             raise NonFiniteLossError(f"non-finite training loss in epoch {epoch}; run stopped, {kept} (try a lower optim.lr or precision=fp32)")
         t1 = time.perf_counter()
@@ -222,17 +226,17 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         if val["acc"] > best["acc"]:
             best = {"epoch": epoch, "acc": val["acc"], "metrics": {f"val/{k}": v for k, v in val.items()}}
             if main:
-                save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
+                writer.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "best": best})
         # last.pt (with the optimizer state, ~180 MB for two ResNet-18s) every ckpt_every epochs and
         # at the end; a resume then repeats the epochs after it
         if main and ((epoch + 1) % cfg.ckpt_every == 0 or epoch == cfg.epochs - 1):
-            save_checkpoint(ckpt_dir / "last.pt", {
+            writer.save(ckpt_dir / "last.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "method": method.state_dict(), "epoch": epoch, "best": best, "rng": _rng_state(device),
                 "log": {"row": row, "steps": new_steps}})
-        distributed.barrier()  # the other processes read these checkpoints (resume, the final test)
-        # logs after the checkpoint, which also holds them: a crash in between (or a truncated
-        # line) is repaired from the checkpoint on resume
+        distributed.barrier()  # the processes stay in step, epoch by epoch
+        # logs after the checkpoint is saved, which also holds them: a crash before its file lands (or a
+        # truncated line) is repaired from the checkpoint on resume, which drops the lines past it
         metrics.append(row)
         if main:
             with open(run_dir / "steps.csv", "a") as f:
@@ -243,8 +247,12 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
         log.info("epoch %d  loss %.4f  %s acc %.4f (audio %.4f, visual %.4f)  %s  %.0f samples/s",
                  epoch, row["train/loss"], sel, val["acc"], val["acc_audio"], val["acc_visual"], brief,
                  row["samples_per_second"])
+        if callbacks:
+            writer.flush()
         for cb in callbacks:
             cb(epoch, row)
+    writer.flush()
+    distributed.barrier()  # rank 0's files are written: every process reads best.pt below
 
     summary = {"status": "ok", "protocol": cfg.protocol.name, "selected_epoch": best["epoch"], "selection_split": sel,
                "best": best["metrics"], "last": metrics.rows[-1] if metrics.rows else {}, "choices": choices,
