@@ -65,6 +65,8 @@ def test_a_run_leaves_the_same_checkpoints_and_summary_either_way(tmp_path):
     for name in ("best.pt", "last.pt"):
         a, b = (load_checkpoint(tmp_path / f / "ckpt" / name) for f in ("false", "true"))
         assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert b["model"]._metadata == a["model"]._metadata  # module versions, which load_state_dict reads
+        assert (tmp_path / "false" / "ckpt" / name).stat().st_size == (tmp_path / "true" / "ckpt" / name).stat().st_size
     last = load_checkpoint(tmp_path / "true" / "ckpt" / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last  # ckpt_every=2 and the last epoch
 

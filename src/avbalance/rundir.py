@@ -38,8 +38,11 @@ def _host_copy(obj):
     """`obj` with every tensor copied to host memory (the caller goes on changing the originals)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, dict):  # the same mapping type, with a state_dict's `_metadata` (module versions)
+        out = type(obj)((k, _host_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
     if isinstance(obj, (list, tuple)):
         return type(obj)(_host_copy(v) for v in obj)
     return obj
