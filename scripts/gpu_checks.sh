@@ -77,6 +77,7 @@ core() {
   step e2e_ogm_ge 100 "$PY train.py $T $G hydra.run.dir=$WORK/runs/e2e_ogm_ge && cp $WORK/runs/e2e_ogm_ge/metrics.jsonl $R/e2e_ogm_ge.jsonl"
   step e2e_ogm_ge_graph 100 "$PY train.py $T $G speed.cuda_graph=true hydra.run.dir=$WORK/runs/e2e_graph && cp $WORK/runs/e2e_graph/metrics.jsonl $R/e2e_ogm_ge_graph.jsonl"
   step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
+  step checkpoint 60 "$PY scripts/bench_checkpoint.py --device $DEVICE --shape $SHAPE"
   step graph_augment 60 "$B --precision bf16 --data augment --compare --steps $STEPS --warmup $WARM --cuda-graph \
     --json $R/graph_augment.json"
   step graph_packed2 90 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --cuda-graph \
