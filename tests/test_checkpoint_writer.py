@@ -27,6 +27,19 @@ def test_the_file_holds_the_state_as_it_was_when_saved(tmp_path):
     assert got["epoch"] == 3 and got["name"] == "x" and w.pending == []
 
 
+def test_the_host_copy_keeps_every_container_type():
+    from collections import OrderedDict, namedtuple
+    from avbalance.rundir import _host_copy
+    Pair = namedtuple("Pair", "a b")
+    sd = OrderedDict(w=torch.ones(2))
+    sd._metadata = {"": {"version": 2}}
+    obj = {"sd": sd, "pair": Pair(torch.zeros(1), 3), "t": (torch.ones(1), "x"), "l": [torch.ones(1), None]}
+    got = _host_copy(obj)
+    assert type(got["sd"]) is OrderedDict and got["sd"]._metadata == {"": {"version": 2}}
+    assert type(got["pair"]) is Pair and got["pair"].b == 3 and type(got["t"]) is tuple and got["l"][1] is None
+    assert got["sd"]["w"] is not sd["w"] and torch.equal(got["sd"]["w"], sd["w"])
+
+
 def test_writes_land_in_the_order_saved(tmp_path):
     w = CheckpointWriter()
     for k in range(5):

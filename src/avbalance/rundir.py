@@ -43,6 +43,8 @@ def _host_copy(obj):
         if hasattr(obj, "_metadata"):
             out._metadata = obj._metadata
         return out
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple takes its fields one by one
+        return type(obj)(*(_host_copy(v) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(_host_copy(v) for v in obj)
     return obj
