@@ -11,7 +11,8 @@
 # against fp32 accuracy on toy (3 seeds, packed). train.py runs preload the store to the GPU (speed.preload=auto)
 # except e2e_ogm_ge_reader, which reads it from the host as before. Each step has its own time limit, logs to
 # $WORK/results/<step>.log and the run goes on after a failure; $OUT/steps.tsv lists rc and seconds,
-# and $OUT/gpu_checks.tar.gz (rewritten after each step) holds every log and JSON. BUDGET=<seconds>:
+# and $OUT/gpu_checks.tar.gz (rewritten after each step) holds every log and JSON; at the end
+# $OUT/report.md holds them as tables (scripts/gpu_report.py, which also reads an unpacked archive). BUDGET=<seconds>:
 # steps that might not end within it are skipped (a lease is short; the order is the priority).
 set -u
 PART=${1:-core}
@@ -117,4 +118,7 @@ case $PART in
   all) core; extra ;;
   *) echo "usage: $0 [core|extra|all]"; exit 2 ;;
 esac
-echo "=== steps (name, rc, seconds); results in $OUT/gpu_checks.tar.gz"; cat "$OUT/steps.tsv"
+# the tables for results/benchmarks.md (scripts/gpu_report.py), into the archive too
+$PY scripts/gpu_report.py "$R" --out "$R/report.md" && cp "$R/report.md" "$OUT/report.md" \
+  && tar -C "$R" -czf "$OUT/gpu_checks.tar.gz.part" . && mv "$OUT/gpu_checks.tar.gz.part" "$OUT/gpu_checks.tar.gz"
+echo "=== steps (name, rc, seconds); results in $OUT/gpu_checks.tar.gz, tables in $OUT/report.md"; cat "$OUT/steps.tsv"
