@@ -51,7 +51,8 @@ class DDPConfig:
 
 @dataclass
 class SpeedConfig:
-    """GPU speed (src/avbalance/speed.py); each applies on CUDA only, except compile."""
+    """Speed (src/avbalance/speed.py): none changes the method or the data, only the pace (and, on a GPU,
+    float rounding). On CUDA only, except compile, async_checkpoint and an explicit preload."""
     channels_last: bool = True        # NHWC convolutions (tensor cores)
     cudnn_benchmark: bool = True      # cuDNN times its algorithms per input shape once, keeps the fastest
     fused_optimizer: bool = True      # one fused CUDA kernel for the optimizer step (same update rule)
