@@ -18,7 +18,8 @@ Every epoch:
     method.on_epoch_end(epoch, ctx)                        # ctx["val"]: this epoch's metrics (MSLR)
 A method whose standard step has no host sync and no per-step Python state sets `graph_safe`: under
 speed.cuda_graph that step is replayed from a CUDA graph (speed.GraphedStep), recaptured when
-`graph_key(epoch)` changes, with `graph_generators()` registered so its random draws stay fresh.
+`graph_key(epoch)` changes, with `graph_generators()` registered so its random draws stay fresh. A replay
+reads the tensors the capture saw: state the step reads must be updated in place, or be in graph_key.
 ctx = {"model", "data", "optimizer", "run_dir"}. Everything a hook logs is a 0-d device tensor; the loop
 reads it once per epoch. Keys under `mod/` are the method's trace: each gets a `<key>_mean`
 column in metrics.jsonl, and those in `trace` a steps.csv column (one value per step).
