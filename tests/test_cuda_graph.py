@@ -1,7 +1,9 @@
 """speed.cuda_graph: when the training step is replayed from a CUDA graph, and what GraphedStep does
-per batch. On the CPU a stand-in replaces the three CUDA parts (warm-up on a side stream, capture,
-replay) with what they mean: capture keeps the step over static tensors, replay runs it; on CUDA
-(tests/test_cuda.py style, skipped here) the real graph is checked against the eager step."""
+per batch. On the CPU, stand-ins replace the three CUDA parts (warm-up on a side stream, capture,
+replay): one with what they mean for the control flow (capture keeps the step over static tensors,
+replay runs it), and one that emulates a replay (the step's recorded operators run again, none of its
+Python), which checks every `graph_safe` method against the eager step. On CUDA (skipped without a GPU)
+the real graph is checked against the eager step."""
 import logging
 from types import SimpleNamespace
 
