@@ -124,23 +124,19 @@ def prepare_store(root: Path, rows, out: Path, frame_hw=(256, 256), max_frames=3
 def bench_prepared(out: Path, workers: int, batch_size: int) -> dict[str, float]:
     cfg = OmegaConf.create(dict(name="bench", root=str(out), prep_command="-", num_classes=6, selection_split="train",
                                 spec_shape=[257, 188], frames=1, frame_selection="even", image_size=224, audio_crop=None))
-    res = {}
-    for w in sorted({0, workers}):
-        data = build(cfg, seed=0, batch_size=batch_size, num_workers=w, device="cpu")
-        for b in data.train_batches(0):  # warm-up epoch: page cache, worker start-up code paths
+    def rate(**kw) -> float:  # epoch 0 warms up (page cache, workers' start-up, preload's copy), epoch 1 is timed
+        data = build(cfg, seed=0, batch_size=batch_size, device="cpu", **kw)
+        for _ in data.train_batches(0):
             pass
         t, n = time.perf_counter(), 0
         for b in data.train_batches(1):
             n += len(b)
-        res[f"prepared, train_batches on CPU (augmentation on CPU), num_workers={w}"] = n / (time.perf_counter() - t)
+        return n / (time.perf_counter() - t)
+    res = {f"prepared, train_batches on CPU (augmentation on CPU), num_workers={w}": rate(num_workers=w)
+           for w in sorted({0, workers})}
     # speed.preload=all: the split copied once (here into RAM, on a GPU into its memory), gathered per batch
-    data = build(cfg, seed=0, batch_size=batch_size, device="cpu", preload="all")
-    for b in data.train_batches(0):  # the copy is made here
-        pass
-    t, n = time.perf_counter(), 0
-    for b in data.train_batches(1):
-        n += len(b)
-    res["prepared, preloaded (speed.preload=all), train_batches on CPU (augmentation on CPU)"] = n / (time.perf_counter() - t)
+    res["prepared, preloaded (speed.preload=all), train_batches on CPU (augmentation on CPU)"] = rate(preload="all")
+    data = build(cfg, seed=0, batch_size=batch_size, device="cpu")
     # reading side alone: what a GPU run waits for (the augmentation then runs on the GPU)
     reader = EpochReader(data.splits["train"], [data.rows["train"][i:i + batch_size] for i in range(0, len(data.rows["train"]), batch_size)],
                          np.zeros((len(data.rows["train"]), 1), dtype=np.int64), np.zeros(len(data.rows["train"]), dtype=np.int64), 188)

@@ -40,9 +40,6 @@ mkdir -p "$R"
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log, record rc and seconds
   local name=$1 limit=$2; shift 2
-  if [ "$DEVICE" = cpu ] && [[ $name == graph_* || $name == parallel_* ]]; then  # the CUDA-only benchmark flags
-    printf "%s\tskipped (CUDA only)\t0\n" "$name" | tee -a "$OUT/steps.tsv"; return
-  fi
   if [ $(( $(date +%s) - T0 + limit )) -gt "$BUDGET" ]; then
     printf "%s\tskipped (budget)\t0\n" "$name" | tee -a "$OUT/steps.tsv"; return
   fi
@@ -53,6 +50,11 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log, record rc and 
   tail -n 12 "$R/$name.log" | tee -a "$OUT/all.log"
   printf "%s\t%s\t%d.%d\n" "$name" "$rc" $(( (t1 - t0) / 1000000000 )) $(( (t1 - t0) / 100000000 % 10 )) | tee -a "$OUT/steps.tsv"
   cp "$OUT/steps.tsv" "$R/" && tar -C "$R" -czf "$OUT/gpu_checks.tar.gz.part" . && mv "$OUT/gpu_checks.tar.gz.part" "$OUT/gpu_checks.tar.gz"
+}
+
+cuda_step() {  # a step with a CUDA-only benchmark flag (--cuda-graph, --parallel-encoders): skipped on a CPU dry run
+  if [ "$DEVICE" = cpu ]; then printf "%s\tskipped (CUDA only)\t0\n" "$1" | tee -a "$OUT/steps.tsv"; return; fi
+  step "$@"
 }
 
 core() {
@@ -66,9 +68,9 @@ core() {
   # the CUDA tests of preloading and graphs, train.py from a preloaded store), re-measurements after
   step bench_bf16_memory 150 "$B --precision bf16 --data memory --compare --repeats $REP --steps $STEPS --warmup $WARM \
     --eval-batch-size $EVALB --json $R/bench_bf16_memory.json"
-  step graph_memory 90 "$B --precision bf16 --data memory --compare --repeats 2 --steps $STEPS --warmup $WARM --cuda-graph \
+  cuda_step graph_memory 90 "$B --precision bf16 --data memory --compare --repeats 2 --steps $STEPS --warmup $WARM --cuda-graph \
     --json $R/graph_memory.json"
-  step graph_parallel 90 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --cuda-graph \
+  cuda_step graph_parallel 90 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --cuda-graph \
     --parallel-encoders --json $R/graph_parallel.json"
   step profile 90 "$B --precision bf16 --data memory --compare --steps $WARM --warmup $WARM --profile 20 \
     --json $R/profile.json"
@@ -79,13 +81,13 @@ core() {
   step e2e_ogm_ge_graph 100 "$PY train.py $T $G speed.cuda_graph=true hydra.run.dir=$WORK/runs/e2e_graph && cp $WORK/runs/e2e_graph/metrics.jsonl $R/e2e_ogm_ge_graph.jsonl"
   step ge_micro 60 "$B --precision bf16 --steps 20 --warmup 5 --ge-micro --json $R/ge_micro.json"
   step checkpoint 60 "$PY scripts/bench_checkpoint.py --device $DEVICE --shape $SHAPE"
-  step graph_augment 60 "$B --precision bf16 --data augment --compare --steps $STEPS --warmup $WARM --cuda-graph \
+  cuda_step graph_augment 60 "$B --precision bf16 --data augment --compare --steps $STEPS --warmup $WARM --cuda-graph \
     --json $R/graph_augment.json"
-  step graph_packed2 90 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --cuda-graph \
+  cuda_step graph_packed2 90 "$B --precision bf16 --data augment --modulation ogm_ge --steps $BIG --warmup $WARM --cuda-graph \
     --packed 2 --json $R/graph_packed2.json"
   step e2e_ogm_ge_reader 100 "$PY train.py $T $G speed.preload=off hydra.run.dir=$WORK/runs/e2e_reader && cp $WORK/runs/e2e_reader/metrics.jsonl $R/e2e_ogm_ge_reader.jsonl"
   step e2e_none 100 "$PY train.py $T modulation=none hydra.run.dir=$WORK/runs/e2e_none && cp $WORK/runs/e2e_none/metrics.jsonl $R/e2e_none.jsonl"
-  step parallel_memory 60 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --parallel-encoders \
+  cuda_step parallel_memory 60 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --parallel-encoders \
     --json $R/parallel_memory.json"
   step compile_ro 200 "$B --precision bf16 --data memory --compare --steps $STEPS --warmup $WARM --compile \
     --compile-mode reduce-overhead --json $R/compile_ro.json"

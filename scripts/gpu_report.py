@@ -13,8 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-PHASES = ("data", "forward", "backward", "modulation", "optimizer")
-
 
 def _json(path: Path):
     try:
@@ -42,18 +40,17 @@ def environment(d: Path) -> list[str]:
 
 
 def bench_tables(d: Path) -> list[str]:
+    reports = [(path, rep) for path in sorted(d.glob("*.json")) if isinstance(rep := _json(path), dict) and "runs" in rep]
+    phases = list(reports[0][1]["runs"][0]["phases_ms"]) if reports else []  # bench_train.py's, in its order
     out = ["## Training step (bench_train.py)", "",
-           "| file | modulation | samples/s | step ms | " + " | ".join(PHASES) + " | eval/s by batch | peak MiB |",
-           "|---|---|---:|---:|" + "---:|" * len(PHASES) + "---|---:|"]
+           "| file | modulation | samples/s | step ms | " + " | ".join(phases) + " | eval/s by batch | peak MiB |",
+           "|---|---|---:|---:|" + "---:|" * len(phases) + "---|---:|"]
     notes = []
-    for path in sorted(d.glob("*.json")):
-        rep = _json(path)
-        if not isinstance(rep, dict) or "runs" not in rep:
-            continue
+    for path, rep in reports:
         for r in rep["runs"]:
             evals = ", ".join(f"{k}: {v:,.0f}" for k, v in r.get("eval_samples_per_second_by_batch", {}).items())
             out.append(f"| {path.stem} | {r['modulation']} | {r['samples_per_second']:,.0f} | {r['step_ms']:.2f} | "
-                       + " | ".join(f"{r['phases_ms'][p]:.2f}" for p in PHASES)
+                       + " | ".join(f"{r['phases_ms'][p]:.2f}" for p in phases)
                        + f" | {evals} | {r['peak_memory_bytes'] / 2**20:,.0f} |")
         if "overhead" in rep:
             o = rep["overhead"]

@@ -1,22 +1,11 @@
 """scripts/bench_jpeg.py runs end to end at a tiny size and writes its section of the report; the
 threaded decoding it times gives the single thread's frames."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_jpeg", REPO / "scripts" / "bench_jpeg.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import bench_jpeg as bench  # scripts/ is on pytest's path (pyproject.toml)
 
 
 def test_bench_jpeg_tiny(tmp_path):
-    bench = _load()
     out = tmp_path / "benchmarks.md"
     out.write_text("# Benchmarks\n\n## Training\n\nkept\n")
     res = bench.main(["--clips", "6", "--frames", "2", "--threads", "1", "2", "--batch-size", "4", "--reps", "1",
@@ -27,7 +16,7 @@ def test_bench_jpeg_tiny(tmp_path):
 
 
 def test_threaded_decoding_gives_the_same_frames(tmp_path):
-    arrays = _load().make_store(tmp_path, 10, 3, side=32)
+    arrays = bench.make_store(tmp_path, 10, 3, side=32)
     rows, pos = np.arange(10), np.tile([2, 0, 1], (10, 1))
     arrays.decode_threads = 1
     one = arrays.read_frames(rows, pos)

@@ -188,29 +188,38 @@ def test_the_cuda_graph_run_goes_through_the_graphed_step(monkeypatch):
     assert r["samples_per_second"] > 0
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
-@pytest.mark.parametrize("modulation", ["ogm", "ogm_ge"])
-def test_a_captured_step_trains_as_the_eager_step(modulation):
-    """speed.GraphedStep's replays against the eager step, from the same weights and batches: the same
-    parameters after a few steps (OGM's coefficients and GE's noise, from its registered generator)."""
+def _params_after_steps(modulation: str, graph: bool, parallel: bool = False, steps: int = 8):
+    """The tiny model's parameters after `steps` CUDA steps on three cycled batches (same weights and
+    batches every call): eager, or through speed.GraphedStep; encoders in turn or on two streams."""
     import torch
     from avbalance import speed
     device, shape = torch.device("cuda"), bench_train.SHAPES["tiny"]
     sp = bench_train.speed_cfg(SimpleNamespace(channels_last=True, cudnn_benchmark=False, fused_optimizer=True,
                                                compile=False, compile_mode="default"))
     batches = bench_train.make_data(shape, device, "memory", n=3)
-    runs = []
-    for graph in (False, True):
-        model, method, opt = bench_train.build(shape, "concat", modulation, device, sp)
-        body = lambda b, e: bench_train.train_body(model, method, opt, b, False)  # noqa: E731
-        step = speed.GraphedStep(body, method, opt, shape["batch"]) if graph else body
-        for i in range(8):
-            step(batches[i % 3], 0)
-        torch.cuda.synchronize()
-        runs.append([p.detach().clone() for p in model.parameters()])
-        if graph:
-            assert (step.captures, step.replays) == (1, 5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*runs))
+    model, method, opt = bench_train.build(shape, "concat", modulation, device, sp)
+    encode = bench_train.ParallelEncode(model, parallel)
+    body = lambda b, e: bench_train.train_body(model, method, opt, b, False, encode)  # noqa: E731
+    step = speed.GraphedStep(body, method, opt, shape["batch"]) if graph else body
+    for i in range(steps):
+        step(batches[i % 3], 0)
+    torch.cuda.synchronize()
+    if graph:
+        assert (step.captures, step.replays) == (1, steps - step.warmup)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _same(a, b) -> bool:
+    import torch
+    return all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+@pytest.mark.parametrize("modulation", ["ogm", "ogm_ge"])
+def test_a_captured_step_trains_as_the_eager_step(modulation):
+    """speed.GraphedStep's replays against the eager step, from the same weights and batches: the same
+    parameters after a few steps (OGM's coefficients and GE's noise, from its registered generator)."""
+    assert _same(_params_after_steps(modulation, graph=False), _params_after_steps(modulation, graph=True))
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
@@ -218,20 +227,4 @@ def test_a_captured_step_trains_as_the_eager_step(modulation):
 def test_encoders_on_two_streams_train_as_on_one(graph):
     """--parallel-encoders: the same parameters after a few steps as the encoders run one after the other
     (eager, and replayed from a graph that forks and joins the two streams)."""
-    import torch
-    from avbalance import speed
-    device, shape = torch.device("cuda"), bench_train.SHAPES["tiny"]
-    sp = bench_train.speed_cfg(SimpleNamespace(channels_last=True, cudnn_benchmark=False, fused_optimizer=True,
-                                               compile=False, compile_mode="default"))
-    batches = bench_train.make_data(shape, device, "memory", n=3)
-    runs = []
-    for parallel in (False, True):
-        model, method, opt = bench_train.build(shape, "concat", "ogm_ge", device, sp)
-        encode = bench_train.ParallelEncode(model, parallel)
-        body = lambda b, e: bench_train.train_body(model, method, opt, b, False, encode)  # noqa: E731
-        step = speed.GraphedStep(body, method, opt, shape["batch"]) if graph else body
-        for i in range(8):
-            step(batches[i % 3], 0)
-        torch.cuda.synchronize()
-        runs.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*runs))
+    assert _same(_params_after_steps("ogm_ge", graph), _params_after_steps("ogm_ge", graph, parallel=True))

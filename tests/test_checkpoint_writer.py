@@ -105,12 +105,7 @@ def test_a_resumed_run_reads_what_the_background_wrote(tmp_path):
 
 
 def test_the_checkpoint_benchmark_runs_tiny():
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("bench_checkpoint", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "bench_checkpoint.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    res = bench.main(["--shape", "tiny", "--device", "cpu", "--repeats", "2"])
+    import bench_checkpoint  # scripts/ is on pytest's path (pyproject.toml)
+    res = bench_checkpoint.main(["--shape", "tiny", "--device", "cpu", "--repeats", "2"])
     assert set(res) == {"in line", "background"} and res["in line"]["bytes"] == res["background"]["bytes"] > 0
     assert all(r["written_s"] >= r["blocked_s"] > 0 for r in res.values())

@@ -1,21 +1,11 @@
 """scripts/gpu_report.py: the tables it makes from a gpu_checks.sh results folder (here made on the
 CPU by the same scripts at tiny sizes), and its refusal of a folder that is not there."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 import bench_train
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _report():
-    spec = importlib.util.spec_from_file_location("gpu_report", REPO / "scripts" / "gpu_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import gpu_report  # scripts/ is on pytest's path (pyproject.toml)
 
 
 def test_tables_from_a_results_folder(tmp_path):
@@ -27,7 +17,7 @@ def test_tables_from_a_results_folder(tmp_path):
     (tmp_path / "e2e_ogm_ge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "tests_cuda.log").write_text("....\n18 passed in 60.1s\n")
     out = tmp_path / "report.md"
-    text = _report().main([str(tmp_path), "--out", str(out)])
+    text = gpu_report.main([str(tmp_path), "--out", str(out)])
     assert out.read_text() == text
     bench = json.loads((tmp_path / "bench.json").read_text())
     none, ge = bench["runs"]
@@ -40,6 +30,6 @@ def test_tables_from_a_results_folder(tmp_path):
 
 def test_a_missing_folder_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        _report().main([str(tmp_path / "nope")])
+        gpu_report.main([str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and err.endswith("nope: no such folder (expected the results folder of scripts/gpu_checks.sh)")

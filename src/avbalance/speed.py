@@ -2,6 +2,8 @@
 without them. Shared by the trainer and scripts/bench_train.py (which must not import Hydra)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -80,11 +82,12 @@ class GraphedStep:
             if self.warm < self.warmup:
                 self.warm += 1
                 return self._eager_warmup(batch, epoch)
-            self.static = type(batch)(*(t.clone() for t in (batch.audio, batch.visual, batch.label, batch.index)))
+            self.static = dataclasses.replace(batch, **{f.name: getattr(batch, f.name).clone()
+                                                        for f in dataclasses.fields(batch)})
             self.graph = self._capture(lambda: self.step(self.static, epoch))
             self.captures += 1
-        for name in ("audio", "visual", "label", "index"):
-            getattr(self.static, name).copy_(getattr(batch, name))
+        for f in dataclasses.fields(batch):  # the batch into the tensors the graph reads
+            getattr(self.static, f.name).copy_(getattr(batch, f.name))
         self._replay(self.graph)
         self.replays += 1
         loss, logs = self.outputs

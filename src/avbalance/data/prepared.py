@@ -68,11 +68,11 @@ class SplitArrays:
     """The arrays of one split. Memmaps open lazily, so DataLoader workers open their own
     instead of receiving pickled array data."""
 
-    def __init__(self, split_dir: Path):
+    def __init__(self, split_dir: Path, decode_threads: int = 1):
         self.dir = Path(split_dir)
         self.format = json.loads((self.dir / "format.json").read_text())
         self.jpeg = self.format["jpeg"]
-        self.decode_threads = 1  # JPEG stores: threads decoding a batch (OpenCV lets go of the GIL)
+        self.decode_threads = decode_threads  # JPEG stores: threads decoding a batch (OpenCV lets go of the GIL)
         self._a = None
 
     def __getstate__(self):  # never pickle the memmaps
@@ -412,7 +412,10 @@ class PreparedData:
             raise ConfigError(f"crop_per must be frame or clip, got '{self.crop_per}'")
         pick_frames(np.ones(1), 1, self.frame_selection, torch.Generator())  # validates the policy early
 
-        self.splits = {d.name: SplitArrays(d) for d in sorted(self.root.iterdir()) if (d / "format.json").exists()}
+        # JPEG stores read in this process (num_workers=0: the prefetch thread, and preloading) decode
+        # each batch on several threads; worker processes decode on one each (they are the parallelism)
+        threads = min(8, os.cpu_count() or 1) if num_workers == 0 else 1
+        self.splits = {d.name: SplitArrays(d, threads) for d in sorted(self.root.iterdir()) if (d / "format.json").exists()}
         order = {"train": 0, "val": 1, "test": 2}
         self.split_names = sorted(self.splits, key=lambda s: (order.get(s, 3), s))
         if "train" not in self.splits:
@@ -425,10 +428,6 @@ class PreparedData:
         # the arrays a run reads per split; "train" may be a union (protocol=paper: train + val)
         self.arrays = {**self.splits, "train": ConcatArrays([self.splits[t] for t in train_splits])
                        if len(train_splits) > 1 else self.splits[train_splits[0]]}
-        # JPEG stores read in this process (num_workers=0: the prefetch thread, and preloading) decode
-        # each batch on several threads; worker processes decode on one each (they are the parallelism)
-        for a in self.splits.values():
-            a.decode_threads = min(8, os.cpu_count() or 1) if num_workers == 0 else 1
         self.selection_split = cfg.selection_split
         if self.selection_split not in self.splits:
             raise ConfigError(f"dataset '{self.name}': selection_split '{self.selection_split}' is not prepared at "
@@ -460,29 +459,31 @@ class PreparedData:
         key = (split, str(device))
         if key not in self._preloaded:
             take = {"off": False, "eval": split != "train", "all": True, "auto": device.type == "cuda"}[self.preload]
-            # a fixed frame policy feeds the same frames every epoch, in training and evaluation alike:
-            # only those are copied (CREMA-D: 1 of up to 4 stored); frame_selection=random needs them all
-            arrays = self.arrays[split]
-            pos = None if self.frame_selection == "random" else pick_frames(np.asarray(arrays.a["n_frames"]),
-                                                                            self.frames, self.frame_selection)
-            need = split_nbytes(arrays, None if pos is None else self.frames)
-            if take and device.type == "cuda":
-                free = torch.cuda.mem_get_info(device)[0]
-                if need > free // 4:
-                    if self.preload != "auto":
-                        raise ConfigError(f"speed.preload={self.preload}: split '{split}' of '{self.name}' needs "
-                                          f"{need / 2**20:,.1f} MiB on {device}, more than a quarter of its "
-                                          f"{free / 2**20:,.1f} MiB free; use speed.preload="
-                                          f"{'eval or off' if self.preload == 'all' and split == 'train' else 'off'}")
-                    take = False
-            if take:
-                t = time.perf_counter()
-                self._preloaded[key] = DeviceSplit(arrays, device, pos)
-                log.info("preloaded %s/%s to %s: %.1f MiB in %.1f s", self.name, split, device, need / 2**20,
-                         time.perf_counter() - t)
-            else:
-                self._preloaded[key] = None
+            self._preloaded[key] = self._copy(split, device) if take else None
         return self._preloaded[key]
+
+    def _copy(self, split: str, device: torch.device) -> DeviceSplit | None:
+        """The split copied to `device`, if it fits (on CUDA: in a quarter of the free memory); an
+        explicit preload that does not fit is refused, auto's is left on the host (None)."""
+        # a fixed frame policy feeds the same frames every epoch, in training and evaluation alike:
+        # only those are copied (CREMA-D: 1 of up to 4 stored); frame_selection=random needs them all
+        arrays = self.arrays[split]
+        pos = None if self.frame_selection == "random" else pick_frames(np.asarray(arrays.a["n_frames"]),
+                                                                        self.frames, self.frame_selection)
+        need = split_nbytes(arrays, None if pos is None else self.frames)
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+            if need > free // 4:
+                if self.preload != "auto":
+                    raise ConfigError(f"speed.preload={self.preload}: split '{split}' of '{self.name}' needs "
+                                      f"{need / 2**20:,.1f} MiB on {device}, more than a quarter of its "
+                                      f"{free / 2**20:,.1f} MiB free; use speed.preload="
+                                      f"{'eval or off' if self.preload == 'all' and split == 'train' else 'off'}")
+                return None
+        t = time.perf_counter()
+        copy = DeviceSplit(arrays, device, pos)
+        log.info("preloaded %s/%s to %s: %.1f MiB in %.1f s", self.name, split, device, need / 2**20, time.perf_counter() - t)
+        return copy
 
     def _check_audio(self, cfg) -> int:
         F_, T_ = self.splits["train"].format["audio_shape"]
