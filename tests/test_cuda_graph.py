@@ -143,6 +143,11 @@ def test_which_methods_and_runs_may_be_replayed():
     w = _method("ogm_ge", start_epoch=2, end_epoch=3)
     assert [w.graph_key(e) for e in range(5)] == [False, False, True, True, False]
     assert w.graph_generators() == [] and _method("ogm").graph_generators() == []
+    # on CUDA GE's own generator is registered (a stand-in with a CUDA device: no GPU here); OGM has none to register
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))
+    ge, plain = _method("ogm_ge"), _method("ogm")
+    ge.generator = plain.generator = on_cuda
+    assert ge.graph_generators() == [on_cuda] and plain.graph_generators() == []
     assert Method.graph_safe is False and OGM.graph_safe is True and METHODS.get("none").graph_safe is True
 
 

@@ -373,3 +373,16 @@ def test_plain_ogm_never_allocates_the_ge_noise_buffer():
     method = OGM(ogm_cfg(ge=False, alpha=0.6), model, device=CPU, seed=0)
     one_step(method, model, batch)
     assert method._noise is None  # a model-sized buffer only when GE is on
+
+
+def test_a_flat_noise_buffer_given_is_the_one_drawn_into():
+    """`noise` is used, not replaced by a fresh allocation: after the call it holds the noise added,
+    sigma_t * z, element by element in the gradients' order."""
+    grads = _grads(torch.float64)
+    before = [g.clone() for g in grads]
+    buf = torch.full((200,), float("nan"), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # std() of the one-element tensor
+        modulate_(grads, torch.tensor(0.5, dtype=torch.float64), torch.Generator().manual_seed(3), buf)
+    added = torch.cat([(g - 0.5 * b).flatten() for g, b in zip(grads, before)])
+    assert torch.allclose(buf[:len(added)], added, rtol=0, atol=1e-12) and buf[len(added):].isnan().all()
