@@ -197,12 +197,30 @@ def commit() -> str:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace this script's section of the file (up to the next '## '), keep the rest."""
+    """Replace the section that `text` heads (its first line, a '## ' heading; up to the next '## ')
+    in the file, or append it; every other section is kept."""
+    heading = text.split("\n", 1)[0]
+    if not heading.startswith("## "):
+        raise ValueError(f"a section starts with a '## ' heading, got {heading!r}")
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    head, _, tail = old.partition(SECTION)
+    head, _, tail = old.partition(heading + "\n")
     rest = tail[tail.find("\n## "):] if "\n## " in tail else ""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head.rstrip() + "\n\n" + text.rstrip() + "\n" + rest)
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: an interrupted run keeps the old file
+    tmp.write_text(head.rstrip() + "\n\n" + text.rstrip() + "\n" + rest)
+    tmp.replace(path)
+
+
+def _thread_vs_workers(prepared: dict[str, float], workers: int) -> str:
+    """What the two host readers measured, in one sentence (the table's rows, not a belief)."""
+    thread = prepared["prepared, train_batches on CPU (augmentation on CPU), num_workers=0"]
+    procs = prepared.get(f"prepared, train_batches on CPU (augmentation on CPU), num_workers={workers}")
+    if procs is None or workers == 0:
+        return ""
+    faster = "faster" if thread > procs else "slower"
+    return (f"On {os.cpu_count()} CPU cores the prefetch thread (num_workers=0) was {faster} than {workers} worker "
+            f"process{'es' if workers != 1 else ''} "
+            f"({thread:.0f} vs {procs:.0f} samples/s).")
 
 
 def main(argv=None) -> dict:
@@ -233,7 +251,7 @@ def main(argv=None) -> dict:
     lines += ["", f"Where the time goes in (b) on this CPU: the batched augmentation (RandomResizedCrop to 224 via "
               f"roi_align, flip, normalise) costs {aug:.0f} ms per batch of {args.batch_size} on the CPU, i.e. at most "
               f"{1000 * args.batch_size / aug:.0f} samples/s; on a GPU it runs on the device, asynchronously, and the CPU "
-              f"only does the reading side. The prefetch thread (num_workers=0) beats worker processes on 2 cores.",
+              f"only does the reading side. {_thread_vs_workers(prepared, args.workers)}",
               "", f"Preparation (one-off): in-script store writer {store_rate:.1f} clips/s (1 process); "
               + (f"{prep_note}: {prep_rate:.1f} clips/s." if prep_rate else f"{prep_note}."), ""]
     text = "\n".join(lines)

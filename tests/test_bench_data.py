@@ -1,19 +1,29 @@
 """scripts/bench_data.py runs end to end at a tiny size and writes its section of the report."""
-import importlib.util
-from pathlib import Path
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import bench_data as bench  # scripts/ is on pytest's path (pyproject.toml)
 
 
 def test_bench_data_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_data", REPO / "scripts" / "bench_data.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / "benchmarks.md"
-    out.write_text("# Benchmarks\n\n## Training\n\nkept\n")
+    out.write_text(f"# Benchmarks\n\n## Training\n\nkept\n\n{bench.SECTION}\n\nold figures\n\n"
+                   "## JPEG decoding threads (scripts/bench_jpeg.py)\n\njpeg kept\n")
     res = bench.main(["--clips", "6", "--batch-size", "4", "--workers", "1", "--no-prep-module", "--out", str(out)])
     assert res["reference"] > 0 and all(v > 0 for k, v in res.items() if k.startswith("prepared"))
     text = out.read_text()
     assert "## Training\n\nkept" in text and text.count(bench.SECTION) == 1 and "samples/s" in text
+    thread = res["prepared, train_batches on CPU (augmentation on CPU), num_workers=0"]
+    procs = res["prepared, train_batches on CPU (augmentation on CPU), num_workers=1"]
+    assert f"was {'faster' if thread > procs else 'slower'} than 1 worker process ({thread:.0f} vs {procs:.0f}" in text
     bench.main(["--clips", "4", "--batch-size", "4", "--workers", "1", "--no-prep-module", "--out", str(out)])
-    assert out.read_text().count(bench.SECTION) == 1  # replaced, not appended
+    text = out.read_text()
+    assert text.count(bench.SECTION) == 1 and "## Training\n\nkept" in text and "old figures" not in text
+    assert text.endswith("## JPEG decoding threads (scripts/bench_jpeg.py)\n\njpeg kept\n")  # the next section kept
+
+
+def test_write_section_refuses_text_without_a_heading(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\n## A\n\nkept\n")
+    with pytest.raises(ValueError, match="'## ' heading"):
+        bench.write_section(out, "figures without a heading\n")
+    assert out.read_text() == "# Benchmarks\n\n## A\n\nkept\n"
