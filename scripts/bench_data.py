@@ -187,10 +187,12 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch threads"
 
 
-def commit() -> str:
+def commit(repo: Path = REPO) -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        # results/ is these scripts' output, not the code measured: a section written before does not make the tree dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)results"], cwd=repo,
+                               capture_output=True, text=True).stdout.strip()
         return sha + (" (dirty)" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "uncommitted"

@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
         res = {k: frames_per_second(arrays, k, args.batch_size, args.reps) for k in args.threads}
     lines = [SECTION, "",
              f"Command: `python scripts/bench_jpeg.py --clips {args.clips} --frames {args.frames} --threads "
-             f"{' '.join(map(str, args.threads))}`  ", f"Commit: {commit()}  ", f"Machine: {machine()}  ",
+             f"{' '.join(map(str, args.threads))} --batch-size {args.batch_size} --reps {args.reps}`  ", f"Commit: {commit()}  ", f"Machine: {machine()}  ",
              f"Data: {args.clips} clips x {args.frames} synthetic textured 256x256 frames stored as JPEG; "
              f"`read_frames` in batches of {args.batch_size} clips, best of {args.reps} passes.", "",
              "| decoding threads | frames/s | vs 1 thread |", "|---:|---:|---:|"]

@@ -1,4 +1,6 @@
 """scripts/bench_data.py runs end to end at a tiny size and writes its section of the report."""
+import subprocess
+
 import pytest
 
 import bench_data as bench  # scripts/ is on pytest's path (pyproject.toml)
@@ -27,3 +29,18 @@ def test_write_section_refuses_text_without_a_heading(tmp_path):
     with pytest.raises(ValueError, match="'## ' heading"):
         bench.write_section(out, "figures without a heading\n")
     assert out.read_text() == "# Benchmarks\n\n## A\n\nkept\n"
+
+
+def test_commit_is_dirty_for_code_not_for_results(tmp_path):
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "benchmarks.md").write_text("# Benchmarks\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results" / "benchmarks.md").write_text("# Benchmarks\n\n## A section written by a bench\n")
+    assert bench.commit(tmp_path) == sha  # a bench's own output does not make the measured code dirty
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert bench.commit(tmp_path) == f"{sha} (dirty)"
