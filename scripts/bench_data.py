@@ -121,9 +121,31 @@ def prepare_store(root: Path, rows, out: Path, frame_hw=(256, 256), max_frames=3
     return len(rows) / (time.perf_counter() - t)
 
 
+def store_cfg(out: Path):
+    return OmegaConf.create(dict(name="bench", root=str(out), prep_command="-", num_classes=6, selection_split="train",
+                                 spec_shape=[257, 188], frames=1, frame_selection="even", image_size=224, audio_crop=None))
+
+
+def pass_start_ms(out: Path, workers: int, batch_size: int, passes: int = 4) -> tuple[float, float, float]:
+    """Milliseconds from asking for a pass (an evaluation of the store) to its first batch, with `workers`
+    DataLoader workers: the run's first pass (the workers start), its later passes (they are kept), and
+    a pass of a new loader each time (what every pass cost before the workers were kept), medians."""
+    def first_batch(data) -> float:
+        t = time.perf_counter()
+        batches = data.eval_batches("train")
+        next(batches)
+        ms = 1000 * (time.perf_counter() - t)
+        batches.close()
+        return ms
+    kept = build(store_cfg(out), seed=0, batch_size=batch_size, device="cpu", num_workers=workers)
+    first, later = first_batch(kept), [first_batch(kept) for _ in range(passes - 1)]
+    fresh = [first_batch(build(store_cfg(out), seed=0, batch_size=batch_size, device="cpu", num_workers=workers))
+             for _ in range(passes - 1)]
+    return first, float(np.median(later)), float(np.median(fresh))
+
+
 def bench_prepared(out: Path, workers: int, batch_size: int) -> dict[str, float]:
-    cfg = OmegaConf.create(dict(name="bench", root=str(out), prep_command="-", num_classes=6, selection_split="train",
-                                spec_shape=[257, 188], frames=1, frame_selection="even", image_size=224, audio_crop=None))
+    cfg = store_cfg(out)
     def rate(**kw) -> float:  # epoch 0 warms up (page cache, workers' start-up, preload's copy), epoch 1 is timed
         data = build(cfg, seed=0, batch_size=batch_size, device="cpu", **kw)
         for _ in data.train_batches(0):
@@ -239,6 +261,7 @@ def main(argv=None) -> dict:
         ref = bench_reference(tmp / "raw", rows, args.workers, args.batch_size)
         store_rate = prepare_store(tmp / "raw", rows, tmp / "prepared")
         prepared = bench_prepared(tmp / "prepared", args.workers, args.batch_size)
+        starts = pass_start_ms(tmp / "prepared", args.workers, args.batch_size) if args.workers else None
         prep_rate, prep_note = (None, "skipped (--no-prep-module)") if args.no_prep_module else \
             bench_prep_module(tmp, args.clips, args.workers)
     lines = [SECTION, "",
@@ -254,12 +277,17 @@ def main(argv=None) -> dict:
               f"roi_align, flip, normalise) costs {aug:.0f} ms per batch of {args.batch_size} on the CPU, i.e. at most "
               f"{1000 * args.batch_size / aug:.0f} samples/s; on a GPU it runs on the device, asynchronously, and the CPU "
               f"only does the reading side. {_thread_vs_workers(prepared, args.workers)}",
+              *([] if starts is None else [
+                  "", f"Start of a pass with num_workers={args.workers} (an evaluation of the store; milliseconds to its "
+                  f"first batch, medians): the run's first pass {starts[0]:.0f} ms (its workers start), later passes "
+                  f"{starts[1]:.0f} ms (the same workers), a new loader per pass {starts[2]:.0f} ms."]),
               "", f"Preparation (one-off): in-script store writer {store_rate:.1f} clips/s (1 process); "
               + (f"{prep_note}: {prep_rate:.1f} clips/s." if prep_rate else f"{prep_note}."), ""]
     text = "\n".join(lines)
     print(text)
     write_section(args.out, text)
-    return {"reference": ref, **prepared, "store_clips_per_s": store_rate, "prep_clips_per_s": prep_rate}
+    return {"reference": ref, **prepared, "store_clips_per_s": store_rate, "prep_clips_per_s": prep_rate,
+            "pass_start_ms": starts}
 
 
 if __name__ == "__main__":

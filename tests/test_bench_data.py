@@ -16,6 +16,8 @@ def test_bench_data_tiny(tmp_path):
     assert "## Training\n\nkept" in text and text.count(bench.SECTION) == 1 and "samples/s" in text
     thread = res["prepared, train_batches on CPU (augmentation on CPU), num_workers=0"]
     procs = res["prepared, train_batches on CPU (augmentation on CPU), num_workers=1"]
+    first, later, fresh = res["pass_start_ms"]
+    assert min(first, later, fresh) > 0 and f"later passes {later:.0f} ms" in text
     assert f"was {'faster' if thread > procs else 'slower'} than 1 worker process ({thread:.0f} vs {procs:.0f}" in text
     bench.main(["--clips", "4", "--batch-size", "4", "--workers", "1", "--no-prep-module", "--out", str(out)])
     text = out.read_text()

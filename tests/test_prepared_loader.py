@@ -186,6 +186,74 @@ def test_workers_give_the_same_batches(root):
                                           for x, y in zip(xs, ys))
 
 
+def _same(xs, ys):
+    return len(xs) == len(ys) and all(torch.equal(getattr(x, f), getattr(y, f)) for x, y in zip(xs, ys)
+                                      for f in ("audio", "visual", "label", "index"))
+
+
+@pytest.fixture
+def loaders_made(monkeypatch):
+    """Counts the DataLoaders the prepared loader makes (each one forks its own worker processes)."""
+    made = []
+
+    class Counting(torch.utils.data.DataLoader):
+        def __init__(self, *a, **kw):
+            made.append(kw)
+            super().__init__(*a, **kw)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Counting)
+    return made
+
+
+def test_workers_start_once_for_every_pass_and_split(root, loaders_made):
+    ref = build(cfg(root), seed=0, batch_size=4, num_workers=0)
+    d = build(cfg(root), seed=0, batch_size=4, num_workers=2)
+    for epoch in (0, 1, 2):
+        assert _same(list(d.train_batches(epoch)), list(ref.train_batches(epoch)))
+        assert _same(list(d.eval_batches("test")), list(ref.eval_batches("test")))
+    assert _same(list(d.eval_batches("train")), list(ref.eval_batches("train")))
+    assert len(loaders_made) == 1 and loaders_made[0]["persistent_workers"] and loaders_made[0]["num_workers"] == 2
+
+
+def test_a_pass_inside_a_pass_gets_its_own_workers(root, loaders_made):
+    ref = build(cfg(root), seed=0, batch_size=4, num_workers=0)
+    d = build(cfg(root), seed=0, batch_size=4, num_workers=2)
+    assert _same(list(d.eval_batches("test")), list(ref.eval_batches("test")))  # one loader made, now idle
+    outer, first = d.train_batches(0), []
+    first += [next(outer), next(outer)]
+    assert _same(list(d.eval_batches("test")), list(ref.eval_batches("test")))   # while the epoch is open
+    assert _same(first + list(outer), list(ref.train_batches(0)))
+    assert len(loaders_made) == 2
+    assert _same(list(d.train_batches(1)), list(ref.train_batches(1)))
+    assert len(loaders_made) == 2                      # lent again, none made
+
+
+def test_a_pass_left_early_frees_its_workers_for_the_next(root, loaders_made):
+    ref = build(cfg(root), seed=0, batch_size=4, num_workers=0)
+    d = build(cfg(root), seed=0, batch_size=4, num_workers=2)
+    stopped = d.train_batches(0)
+    next(stopped)
+    stopped.close()                                    # a pass left after one batch (max steps, a time limit)
+    assert _same(list(d.train_batches(1)), list(ref.train_batches(1)))  # what was in flight is not served
+    assert _same(list(d.eval_batches("test")), list(ref.eval_batches("test")))
+    assert len(loaders_made) == 1
+
+
+def test_a_reader_error_in_a_worker_is_raised_and_its_workers_are_not_reused(root, loaders_made, monkeypatch):
+    from avbalance.data import prepared
+    ref = build(cfg(root), seed=0, batch_size=4, num_workers=0)
+    d = build(cfg(root), seed=0, batch_size=4, num_workers=2)
+
+    def broken(*a, **kw):
+        raise OSError("the disk went away")
+    read = prepared.read_batch
+    monkeypatch.setattr(prepared, "read_batch", broken)  # the workers fork with it
+    with pytest.raises(OSError, match="the disk went away"):
+        list(d.train_batches(0))
+    monkeypatch.setattr(prepared, "read_batch", read)
+    assert _same(list(d.train_batches(0)), list(ref.train_batches(0)))  # new workers, forked with the real reader
+    assert len(loaders_made) == 2
+
+
 def test_jpeg_store_reads_like_raw(tmp_path, root):
     make_dataset(tmp_path, jpeg=True)
     a = build(cfg(root), seed=0, batch_size=32)
