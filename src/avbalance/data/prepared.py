@@ -564,9 +564,10 @@ class PreparedData:
 
     def _worker_batches(self, split: str, reader: EpochReader, pin: bool):
         """The plan's batches read by `num_workers` worker processes that start once, on first use, and
-        then serve every pass of every split (a new DataLoader per pass forks them all again: 0.4-0.5 s
-        per pass for 8 workers of a 4 GiB process on the 2-core machine). A loader is lent to one pass at
-        a time: a pass started inside another (a nested evaluation) gets a second one."""
+        then serve every pass of every split (a new DataLoader per pass forks them all again, at a cost that
+        grows with the workers and the process's memory; scripts/bench_data.py times the start of a pass
+        both ways). A loader is lent to one pass at a time: a pass started inside another (a nested
+        evaluation) gets a second one."""
         idle = [dl for dl in self._loaders if dl.pin_memory == pin]
         if idle:
             loader = idle[0]
