@@ -534,7 +534,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="speed.cudnn_benchmark (CUDA)")
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True, help="speed.fused_optimizer (CUDA)")
     p.add_argument("--compile", action="store_true", help="speed.compile: torch.compile the encoders")
-    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   default="default",
                    help="speed.compile_mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--ge-micro", action="store_true", help="also time GE's modulation alone, previous vs current")
     p.add_argument("--parallel-encoders", action="store_true",
@@ -561,6 +562,9 @@ def main(argv: list[str] | None = None) -> dict:
     for flag in ("cuda_graph", "parallel_encoders"):
         if getattr(args, flag) and torch.device(args.device).type != "cuda":
             p.error(f"--{flag.replace('_', '-')} needs a CUDA device, got --device {args.device}")
+    if args.cuda_graph and args.compile and args.compile_mode in speed.COMPILE_GRAPHS:
+        p.error(f"--cuda-graph with --compile-mode {args.compile_mode}: that mode makes CUDA graphs of its own "
+                f"(use default or max-autotune-no-cudagraphs)")
     if args.packed > 1:
         return packed(args, argv)
     device = torch.device(args.device)

@@ -4,6 +4,7 @@ replay): one with what they mean for the control flow (capture keeps the step ov
 replay runs it), and one that emulates a replay (the step's recorded operators run again, none of its
 Python), which checks every `graph_safe` method against the eager step. On CUDA (skipped without a GPU)
 the real graph is checked against the eager step."""
+import json
 import logging
 from types import SimpleNamespace
 
@@ -139,6 +140,14 @@ def test_which_methods_and_runs_may_be_replayed():
     assert speed.cuda_graph_refusal(on, cuda, 1, mslr) == ("modulation=mslr has per-step host work a replay would skip "
                                                            "(graph_safe = False)")
     assert speed.cuda_graph_refusal(on, cuda, 1, ogm) is None and speed.cuda_graph_refusal(on, cuda, 1, none) is None
+    # torch.compile modes that record CUDA graphs of their own (and sync while recording) cannot be captured
+    for mode, refused in [("default", False), ("max-autotune-no-cudagraphs", False), ("reduce-overhead", True),
+                          ("max-autotune", True)]:
+        why = speed.cuda_graph_refusal(SimpleNamespace(cuda_graph=True, compile=True, compile_mode=mode), cuda, 1, ogm)
+        assert (why == f"speed.compile_mode={mode} makes CUDA graphs of its own; with speed.cuda_graph use "
+                       "speed.compile_mode=default or max-autotune-no-cudagraphs") if refused else why is None
+    assert speed.cuda_graph_refusal(SimpleNamespace(cuda_graph=True, compile=False, compile_mode="reduce-overhead"),
+                                    cuda, 1, ogm) is None
     # OGM's window is host-side: two keys; GE's generator is registered only when it is a CUDA one
     w = _method("ogm_ge", start_epoch=2, end_epoch=3)
     assert [w.graph_key(e) for e in range(5)] == [False, False, True, True, False]
@@ -212,6 +221,41 @@ def test_on_cuda_a_graphed_run_trains_as_the_eager_run(tmp_path, monkeypatch, mo
     a, b = runs["false"]["last"], runs["true"]["last"]
     assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-3)
     assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-3)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+@pytest.mark.parametrize("modulation, optim", [("ogm_ge", "sgd"), ("none", "adam")])
+def test_on_cuda_an_eager_run_resumes_into_a_graphed_one(tmp_path, monkeypatch, modulation, optim):
+    """The checkpoint is loaded onto the GPU: the RNG states (CPU byte tensors for torch) must come back
+    to the CPU, and the resumed Adam must be capturable although the saving run's was not."""
+    made = []
+    real = speed.GraphedStep
+    monkeypatch.setattr(speed, "GraphedStep", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+
+    def stop_after_0(epoch, row):
+        if epoch == 0:
+            raise _Stop
+    base = [f"modulation={modulation}", f"optim={optim}", "epochs=3", "dataset.n_train=200", "batch_size=32", "device=cuda"]
+    with pytest.raises(_Stop):
+        train(make_cfg(*base), tmp_path / "run", callbacks=[stop_after_0])
+    summary = train(make_cfg(*base, "resume=true", "speed.cuda_graph=true"), tmp_path / "run")
+    (g,) = made
+    assert g.captures == 1 and g.replays == 2 * 6 - 3  # epochs 1 and 2, graphed
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and 0 <= summary["test/acc"] <= 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_on_the_second_gpu_the_graph_captures_that_gpus_step(tmp_path):
+    """device=cuda:1 in one process: streams and the capture must be on GPU 1 (the current device)."""
+    runs = {flag: train(make_cfg("modulation=ogm_ge", "epochs=2", "dataset.n_train=200", "batch_size=32", "device=cuda:1",
+                                 "speed.cudnn_benchmark=false", f"speed.cuda_graph={flag}"), tmp_path / flag)
+            for flag in ("false", "true")}
+    assert runs["false"]["last"]["train/loss"] == pytest.approx(runs["true"]["last"]["train/loss"], rel=1e-3)
 
 
 # --- a CPU emulation of what a replay does: the step's operators again, none of its Python ------------

@@ -127,7 +127,37 @@ def test_a_split_too_large_for_the_device_is_refused_when_asked_and_read_under_a
     free["now"] = 4 * need  # exactly a quarter: taken, by auto too
     assert build(cfg(root), seed=0, batch_size=4, preload=mode)._preloaded_split(split, cuda) == "copy"
     assert build(cfg(root), seed=0, batch_size=4, preload="auto")._preloaded_split(split, cuda) == "copy"
-    assert made == [(split, cuda)] * 2
+    assert [m for m in made if m[0] == split] == [(split, cuda)] * 2
+
+
+def test_the_first_training_pass_decides_the_evaluation_splits_too(root, monkeypatch):
+    """An evaluation split that does not fit is refused before the first epoch, not after it; memory
+    torch's allocator holds unused counts as free."""
+    made, reserved = [], {"unused": 0}
+    need = {s: split_nbytes(build(cfg(root), seed=0, batch_size=4).arrays[s], 2) for s in ("train", "test")}
+    # the driver's free memory: room for train, then (its copy made) a quarter of it 1 byte short of test's
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda device=None: ((4 * need["test"] - 4) if made else 4 * need["train"], 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 1000 + reserved["unused"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1000)
+    monkeypatch.setattr(prepared, "DeviceSplit", lambda arrays, device, pos: made.append(arrays.dir.name) or "copy")
+    cuda = torch.device("cuda")
+    data = build(cfg(root), seed=0, batch_size=4, preload="all")
+    with pytest.raises(ConfigError, match=r"^speed.preload=all: split 'test' of 'demo' needs"):
+        data._preloaded_split("train", cuda)
+    assert made == ["train"]
+    made.clear()
+    assert build(cfg(root), seed=0, batch_size=4, preload="auto")._preloaded_split("train", cuda) == "copy"
+    assert made == ["train"]  # auto leaves test on the host
+    made.clear()
+    reserved["unused"] = 4  # the 4 missing bytes are held by the allocator, unused: test fits
+    data = build(cfg(root), seed=0, batch_size=4, preload="all")
+    assert data._preloaded_split("train", cuda) == "copy" and made == ["train", "test"]
+    assert data._preloaded_split("test", cuda) == "copy" and made == ["train", "test"]  # made once
+    made.clear()
+    # an evaluation on its own (mode=eval) copies only what it reads
+    assert build(cfg(root), seed=0, batch_size=4, preload="all")._preloaded_split("test", cuda) == "copy"
+    assert made == ["test"]
 
 
 def test_a_run_trains_to_the_same_numbers_with_and_without_preloading(tmp_path):

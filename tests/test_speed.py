@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from avbalance import speed
 from avbalance.models import build_model
-from avbalance.optim import build_optimizer
+from avbalance.optim import build_optimizer, load_optimizer_state
 
 from conftest import make_cfg
 
@@ -77,6 +77,31 @@ def test_fused_optimizer_on_cuda_only(name):
     # speed.cuda_graph: Adam's step count on the device (capturable); SGD has none to keep
     assert build_optimizer(cfg, params, capturable=True).defaults.get("capturable", False) is (name != "sgd")
     assert not build_optimizer(cfg, params).defaults.get("capturable", False)
+
+
+@pytest.mark.parametrize("saved_kw, run_kw", [({}, {"capturable": True}), ({"capturable": True}, {}),
+                                              ({"fused": True}, {}), ({}, {"fused": True})])
+def test_a_resumed_optimizer_keeps_this_runs_kernel_flags_and_the_saved_state(saved_kw, run_kw):
+    """torch's load_state_dict takes capturable/fused from the saved groups: a run resumed with
+    speed.cuda_graph would get capturable=False and fail at its capture."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    saving = torch.optim.Adam([p], lr=0.1, **saved_kw)
+    if saved_kw.get("capturable"):  # a CUDA run's state: the step count a float32 tensor (capturable)
+        saving.state[p] = {"step": torch.tensor(4.0), "exp_avg": torch.full((3,), 0.5), "exp_avg_sq": torch.full((3,), 0.25)}
+    else:
+        p.grad = torch.tensor([0.5, 0.5, -1.0])
+        for _ in range(4):
+            saving.step()
+    saved = saving.state_dict()
+    saved["param_groups"][0]["lr"] = 0.03  # a saved option that is not a kernel flag: it is restored
+    resumed = torch.optim.Adam([p], lr=0.1, **run_kw)
+    load_optimizer_state(resumed, saved)
+    g = resumed.param_groups[0]
+    assert g["capturable"] is run_kw.get("capturable", False) and g["fused"] is run_kw.get("fused", None)
+    assert g["lr"] == 0.03 and float(resumed.state[p]["step"]) == 4.0
+    assert torch.equal(resumed.state[p]["exp_avg"], saving.state[p]["exp_avg"])
+    # torch's own policy for the count, applied with this run's flags: float32 when capturable or fused
+    assert resumed.state[p]["step"].dtype == torch.float32
 
 
 def test_compile_wraps_each_encoder_and_nothing_else(monkeypatch):

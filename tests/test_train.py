@@ -94,6 +94,32 @@ def test_resume_matches_uninterrupted_run(tmp_path, modulation):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resumed_run_steps_with_its_own_optimizer_flags(tmp_path, monkeypatch):
+    """The saving run's optimizer was fused (a stand-in for a run on another device or with other speed
+    settings); the resumed run builds its own without: its state is restored, its flags stay its own
+    (on CUDA the flag that matters is capturable: speed.cuda_graph's capture fails without it)."""
+    import avbalance.trainer as trainer_module
+    real, built = trainer_module.build_optimizer, []
+
+    def build(*a, **kw):
+        built.append(real(*a, **(kw | {"fused": fused})))
+        return built[-1]
+    monkeypatch.setattr(trainer_module, "build_optimizer", build)
+    overrides = ["epochs=2", "modulation=ogm_ge", "optim=adam"]
+
+    def stop_after_0(epoch, row):
+        if epoch == 0:
+            raise Interrupt
+    fused = True
+    with pytest.raises(Interrupt):
+        train(make_cfg(*overrides), tmp_path, callbacks=[stop_after_0])
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["optimizer"]["param_groups"][0]["fused"] is True
+    fused = False
+    train(make_cfg(*overrides, "resume=true"), tmp_path)
+    assert not any(g["fused"] for g in built[-1].param_groups)
+    assert all(float(s["step"]) == 2 * 2 for s in built[-1].state.values())  # 2 steps per epoch, 2 epochs
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     from avbalance.errors import ConfigError
     with pytest.raises(ConfigError, match="last.pt"):

@@ -478,21 +478,57 @@ def test_steps_csv_on_resume_without_the_file_starts_from_the_checkpoint(tmp_pat
     assert (tmp_path / "steps.csv").read_text() == "epoch,step,ratio,coeff_audio,coeff_visual\n2,0,1.0,0.5,1.0\n"
 
 
+class OnTheGPU:
+    """A checkpoint's tensor that map_location moved to a GPU (a stand-in: set_state takes only CPU byte
+    tensors, and `.cpu()` is what brings it back)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def cpu(self):
+        return self.t
+
+
 def test_rng_state_of_a_cuda_device_also_holds_the_device_generator(monkeypatch):
     """Checked on any machine: torch.cuda's RNG functions are stood in for."""
     calls = []
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: ("cuda state of", device))
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
     gpu = torch.device("cuda", 1)
     state = _rng_state(gpu)
-    assert set(state) == {"torch", "cuda"} and state["cuda"] == ("cuda state of", gpu)
+    assert set(state) == {"torch", "cuda"} and state["cuda"] is cuda_state
     assert torch.equal(state["torch"], torch.get_rng_state())
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    saved = torch.get_rng_state()
+    torch.rand(7)
+    # loaded onto the GPU (trainer: map_location=device): both states go back to the CPU first
+    _set_rng_state({"torch": OnTheGPU(saved), "cuda": OnTheGPU(cuda_state)}, gpu)
+    assert torch.equal(torch.rand(3), expected) and len(calls) == 1 and calls[0][0] is cuda_state and calls[0][1] == gpu
+    calls.clear()
     _set_rng_state(state, gpu)
-    assert calls == [(("cuda state of", gpu), gpu)]
+    assert calls == [(cuda_state, gpu)]
     _set_rng_state({"torch": state["torch"]}, gpu)  # a checkpoint written on the CPU, resumed on a GPU
     assert len(calls) == 1
     _set_rng_state(state, torch.device("cpu"))  # and the other way round
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["ogm_ge", "opm"])
+def test_a_methods_generator_state_comes_back_from_a_checkpoint_loaded_onto_a_gpu(name):
+    from avbalance.models import build_model
+    from avbalance.registry import METHODS
+    c = make_cfg(f"modulation={name}")
+    make = lambda: METHODS.get(name)(c.modulation, build_model(c.model, c.fusion, 3), device=torch.device("cpu"), seed=0)  # noqa: E731
+    saving = make()
+    state = saving.state_dict()
+    expected = torch.rand(4, generator=saving.generator)
+    loading = make()
+    torch.rand(9, generator=loading.generator)  # elsewhere in its stream
+    loading.load_state_dict({**state, "generator": OnTheGPU(state["generator"])})
+    assert torch.equal(torch.rand(4, generator=loading.generator), expected)
 
 
 def test_a_run_directory_is_created_with_its_parents(tmp_path):

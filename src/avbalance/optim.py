@@ -22,6 +22,20 @@ def build_optimizer(cfg, param_groups: list[dict], fused: bool = False, capturab
     raise ConfigError(f"optim.name={cfg.name!r}; expected one of ['adam', 'adamw', 'sgd']")
 
 
+KERNEL_FLAGS = ("capturable", "fused", "foreach", "differentiable")  # how a step runs, not what it computes
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """optimizer.load_state_dict(saved), keeping this run's kernel flags. torch takes every group option
+    from the saved groups: a run resumed with speed.cuda_graph would get the saving run's capturable=False
+    (and its capture would fail), a run resumed on another device the other's fused. The flags go into the
+    saved groups before loading, so that torch also places the step counts as they ask (on the device
+    when capturable or fused)."""
+    groups = [{**sg, **{k: g[k] for k in KERNEL_FLAGS if k in g}}
+              for sg, g in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """Stepped once per epoch (the reference's fixed schedule: x0.1 at epoch 70)."""
     if cfg.scheduler == "step":

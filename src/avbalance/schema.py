@@ -25,7 +25,8 @@ Unimodal = Choice("Unimodal", {v: v for v in ("native", "split", "zero", "mean",
 Scheduler = Choice("Scheduler", {v: v for v in ("step", "none")})
 ConvNorm = Choice("ConvNorm", {v: v for v in ("batch", "none")})
 Preload = Choice("Preload", {v: v for v in ("auto", "off", "eval", "all")})
-CompileMode = Choice("CompileMode", {v: v for v in ("default", "reduce-overhead", "max-autotune")})  # torch.compile's
+CompileMode = Choice("CompileMode", {v: v for v in ("default", "reduce-overhead", "max-autotune",
+                                                    "max-autotune-no-cudagraphs")})  # torch.compile's
 WandbMode = Choice("WandbMode", {v: v for v in ("offline", "online", "disabled")})
 
 

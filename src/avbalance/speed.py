@@ -37,6 +37,9 @@ def fused_optimizer(cfg, device: torch.device) -> bool:
     return on_cuda(device) and bool(cfg.fused_optimizer)
 
 
+COMPILE_GRAPHS = ("reduce-overhead", "max-autotune")  # torch.compile modes with triton.cudagraphs on
+
+
 def cuda_graph_refusal(cfg, device: torch.device, world: int, method) -> str | None:
     """Why speed.cuda_graph cannot apply to this run (None: it can). CPU runs ignore it, as every
     speed setting; on CUDA the step must be a plain one of a method that declares itself replayable."""
@@ -48,6 +51,10 @@ def cuda_graph_refusal(cfg, device: torch.device, world: int, method) -> str | N
         return f"{world} processes (DDP's gradient all-reduce is not captured)"
     if not method.graph_safe:
         return f"modulation={method.cfg.name} has per-step host work a replay would skip (graph_safe = False)"
+    if getattr(cfg, "compile", False) and str(cfg.compile_mode) in COMPILE_GRAPHS:
+        # inductor would record and replay its own graphs (and sync) inside the step's capture
+        return (f"speed.compile_mode={cfg.compile_mode} makes CUDA graphs of its own; with speed.cuda_graph use "
+                f"speed.compile_mode=default or max-autotune-no-cudagraphs")
     return None
 
 

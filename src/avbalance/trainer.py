@@ -20,7 +20,7 @@ from .logger import NoLogger, build_logger
 from .meter import DeviceMeter
 from .methods.base import Method
 from .models import build_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, load_optimizer_state
 from .plots import plot_run
 from .data import build_data
 from .registry import METHODS
@@ -37,9 +37,10 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    # .cpu(): the checkpoint is loaded onto the run's device, and RNG states are CPU byte tensors
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _steps_csv(path: Path, start_epoch: int, last_steps: list | None = None, trace: tuple = Method.trace,
@@ -101,6 +102,8 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     calls this; rank 0's `run_dir` is used and only rank 0 writes (distributed.py)."""
     validate(cfg)
     env, device = distributed.setup(resolve_device(cfg.device), cfg.ddp.backend)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # device=cuda:N: new streams, CUDA graphs and the pin thread use the current one
     main = env.main
     run_dir = Path(distributed.broadcast(str(run_dir)))
     if main:
@@ -162,7 +165,7 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
                               f"start the run again without resume=true")
         state = load_checkpoint(last, map_location=device)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], device)

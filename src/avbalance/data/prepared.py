@@ -491,12 +491,16 @@ class PreparedData:
     def _preloaded_split(self, split: str, device: torch.device) -> DeviceSplit | None:
         """The split's arrays on `device` if speed.preload takes it (copied on first use), else None.
         off: never; eval: every split but the training one; all: every split; auto: on CUDA, each
-        split that fits in a quarter of the device's free memory."""
-        key = (split, str(device))
-        if key not in self._preloaded:
-            take = {"off": False, "eval": split != "train", "all": True, "auto": device.type == "cuda"}[self.preload]
-            self._preloaded[key] = self._copy(split, device) if take else None
-        return self._preloaded[key]
+        split that fits in a quarter of the device's free memory. The first training pass decides the
+        evaluation splits of a run too (the selection split and test): a preload that does not fit is
+        refused before the first epoch, not after it."""
+        splits = [split] + ([s for s in (self.selection_split, "test") if s in self.splits] if split == "train" else [])
+        for s in dict.fromkeys(splits):
+            key = (s, str(device))
+            if key not in self._preloaded:
+                take = {"off": False, "eval": s != "train", "all": True, "auto": device.type == "cuda"}[self.preload]
+                self._preloaded[key] = self._copy(s, device) if take else None
+        return self._preloaded[(split, str(device))]
 
     def _copy(self, split: str, device: torch.device) -> DeviceSplit | None:
         """The split copied to `device`, if it fits (on CUDA: in a quarter of the free memory); an
@@ -507,8 +511,8 @@ class PreparedData:
         pos = None if self.frame_selection == "random" else pick_frames(np.asarray(arrays.a["n_frames"]),
                                                                         self.frames, self.frame_selection)
         need = split_nbytes(arrays, None if pos is None else self.frames)
-        if device.type == "cuda":
-            free = torch.cuda.mem_get_info(device)[0]
+        if device.type == "cuda":  # free: the driver's, and what torch's allocator holds without using it
+            free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             if need > free // 4:
                 if self.preload != "auto":
                     raise ConfigError(f"speed.preload={self.preload}: split '{split}' of '{self.name}' needs "

@@ -104,4 +104,4 @@ class OPM(Method):
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a CPU byte tensor, also for a CUDA generator
