@@ -466,8 +466,15 @@ def packed(args, argv: list[str]) -> dict:
         procs = [subprocess.Popen([sys.executable, __file__, *child, "--barrier", tmp, "--packed-rank", str(i),
                                    "--packed-of", str(n), "--json", str(Path(tmp) / f"{i}.json")],
                                   stdout=subprocess.DEVNULL) for i in range(n)]
-        if any([proc.wait() for proc in procs]):  # a list: wait for every process
-            raise SystemExit(f"packed benchmark: a process failed (exit codes {[proc.returncode for proc in procs]})")
+        # a process that fails early would leave the others waiting at the barrier: stop them at once
+        while any(proc.poll() is None for proc in procs) and not any(proc.poll() for proc in procs):
+            time.sleep(0.05)
+        if any(proc.poll() for proc in procs):
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+            codes = [proc.wait() for proc in procs]
+            raise SystemExit(f"packed benchmark: a process failed (exit codes {codes}; the others were stopped)")
         reports = [json.loads((Path(tmp) / f"{i}.json").read_text()) for i in range(n)]
     device = torch.device(args.device)
     report = {"environment": environment(device, argv), "processes": n, "per_process": reports, "packed": []}

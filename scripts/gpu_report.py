@@ -112,10 +112,18 @@ def ge_micro(d: Path) -> list[str]:
     return []
 
 
+def _json_line(line: str) -> dict | None:
+    """A metrics.jsonl line, or None for an empty or cut one (a run killed while writing)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
 def e2e(d: Path) -> list[str]:
     out = []
     for path in sorted(d.glob("*.jsonl")):
-        rows = [r for r in map(lambda ln: json.loads(ln) if ln.strip() else None, path.read_text().splitlines()) if r]
+        rows = [r for r in map(_json_line, path.read_text().splitlines()) if r and "samples_per_second" in r]
         cells = " | ".join(f"{r['samples_per_second']:,.0f} / {r.get('val_samples_per_second', float('nan')):,.0f}"
                            for r in rows)
         out.append(f"| {path.stem} | {cells} |")

@@ -106,6 +106,17 @@ def test_packed_runs_separate_processes_and_sums_them(tmp_path):
     assert json.loads(out.read_text())["packed"][0]["samples_per_second"] == pytest.approx(sum(each))
 
 
+def test_a_packed_process_that_fails_stops_the_others_waiting_for_it(tmp_path, monkeypatch):
+    """Process 1 fails at its start; process 0 would wait at the barrier for it (600 s): it is stopped."""
+    import sys
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"--packed-rank 1"*) exit 3;; esac\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(bench_train.sys, "executable", str(wrapper))
+    with pytest.raises(SystemExit, match=r"a process failed \(exit codes \[-9, 3\]; the others were stopped\)"):
+        bench_train.main(["--shape", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "0", "--packed", "2"])
+
+
 def test_the_speed_flags_reach_the_model_and_optimizer(monkeypatch):
     seen = []
     real = bench_train.speed.prepare_model

@@ -14,7 +14,7 @@ def test_tables_from_a_results_folder(tmp_path):
     (tmp_path / "steps.tsv").write_text("env\t0\t1.0\nbench\t0\t9.5\ngraph_memory\tskipped (CUDA only)\t0\n")
     rows = [{"epoch": 0, "samples_per_second": 1234.5, "val_samples_per_second": 5678.9},
             {"epoch": 1, "samples_per_second": 2345.6, "val_samples_per_second": 6789.0}]
-    (tmp_path / "e2e_ogm_ge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "e2e_ogm_ge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 2, "samp')  # cut
     (tmp_path / "tests_cuda.log").write_text("....\n18 passed in 60.1s\n")
     out = tmp_path / "report.md"
     text = gpu_report.main([str(tmp_path), "--out", str(out)])
