@@ -121,10 +121,27 @@ def hydra_cfg(*overrides):
         return compose("train", overrides=list(overrides), return_hydra_config=True).hydra
 
 
+def test_a_slurm_task_knows_its_rank_before_the_process_group_and_keeps_a_sites_master_port(monkeypatch):
+    import submitit.helpers
+
+    class Job:  # what submitit reads from SLURM_* for task 1 of 2 on one node
+        master_addr, master_port, rank, world_size, local_rank, local_world_size = "node7", 29511, 1, 2, 1, 2
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.setenv(k, "-")  # recorded, so that what the code exports is removed after the test
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("MASTER_PORT", "40000")  # set by the site's job script
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", Job)
+    assert distributed.env() == distributed.Env(rank=1, world=2, local_rank=1)  # before any setup(): not rank 0
+    assert os.environ["MASTER_PORT"] == "40000" and os.environ["MASTER_ADDR"] == "node7"
+
+
 def test_slurm_launcher_config_composes_with_one_task_per_gpu():
     launcher = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4").launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == ("gpu", 4, 4, 1)
+    assert list(launcher.setup) == ["export SLURM_KILL_BAD_EXIT=1"]  # srun ends the job's tasks when one fails
 
 
 def test_pack_launcher_config_is_joblib():
@@ -293,6 +310,34 @@ def test_rank_0_of_2_writes_the_run_and_takes_every_multiprocess_branch(tmp_path
     assert world.calls.count("broadcast") == 1 and "setup" in world.calls
 
 
+def test_skip_done_follows_rank_0_on_every_process(tmp_path, monkeypatch):
+    """Under torchrun the other ranks' run dir is scratch: rank 0's finished run must skip on them too,
+    or they would train alone and wait for rank 0 at the first collective."""
+    from avbalance import cli
+    world = FakeWorld(monkeypatch, rank=1)
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: (world.calls.append(("broadcast", obj)), True)[1])
+    trained = []
+    monkeypatch.setattr(trainer_module, "train", lambda *a, **k: trained.append(a))
+    cfg = make_cfg(*FAKE, "skip_done=true")
+    assert cli.run(cfg, tmp_path / "scratch", {}, multirun=True) is None  # no summary here: rank 0's decides
+    assert trained == [] and ("broadcast", False) in world.calls and "setup" in world.calls
+
+
+def test_a_run_failing_in_one_of_several_processes_stops_the_sweep(tmp_path, monkeypatch):
+    """Going on to the next run would pair this process's collectives with the others' current run."""
+    from avbalance import cli
+    FakeWorld(monkeypatch, rank=0)
+
+    def out_of_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(trainer_module, "train", out_of_memory)
+    (tmp_path / "run").mkdir()  # Hydra's run dir
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        cli.run(make_cfg(*FAKE), tmp_path / "run", {}, multirun=True)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].endswith("CUDA out of memory")
+
+
 def test_rank_1_of_2_trains_its_own_share_and_writes_nothing(tmp_path, monkeypatch, caplog):
     FakeWorld(monkeypatch, rank=0)
     train(make_cfg(*FAKE), tmp_path / "run")  # what rank 0 leaves: rank 1 reads its checkpoints
@@ -336,6 +381,13 @@ def test_under_two_processes_train_applies_the_ddp_refusals(tmp_path, monkeypatc
         train(make_cfg(*FAKE, "modulation=mmpareto"), tmp_path / "a")
     with pytest.raises(ConfigError, match="ddp.sync_batchnorm=true needs CUDA"):
         train(make_cfg(*FAKE, "ddp.sync_batchnorm=true"), tmp_path / "b")
+    # heads of the method's own in place of the probes: the probes' parameters would never get a gradient
+    probes = ["modulation=multitask", "fusion.unimodal=probe"]
+    with pytest.raises(ConfigError, match=r"^modulation=multitask replaces the unimodal probes of fusion.unimodal=probe "
+                                          r"with its own heads, .* set fusion.unimodal=native or ddp.find_unused_parameters=true$"):
+        train(make_cfg(*FAKE, *probes, "ddp.find_unused_parameters=false"), tmp_path / "c")
+    assert train(make_cfg(*FAKE, *probes), tmp_path / "d")["status"] == "ok"  # DDP told to expect them
+    assert train(make_cfg(*FAKE, "modulation=multitask", "ddp.find_unused_parameters=false"), tmp_path / "e")["status"] == "ok"
 
 
 @pytest.mark.parametrize("world, sync, converted", [(1, True, False), (2, False, False), (2, True, True)])

@@ -241,8 +241,15 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict, *, multirun: bool, fresh_
             sys.exit(2)
         return None
     done = run_dir / "summary.json"
-    main = distributed.env().main  # under torchrun: rank 0 alone writes and prints
-    if cfg.skip_done and done.exists() and read_json(done).get("status") == "ok":
+    env = distributed.env()
+    main = env.main  # under torchrun: rank 0 alone writes and prints
+    skip = cfg.skip_done and done.exists() and read_json(done).get("status") == "ok"
+    if env.world > 1:  # rank 0's run dir decides (the others' is scratch): every process skips, or none does
+        distributed.setup(resolve_device(cfg.device), cfg.ddp.backend)
+        skip = distributed.broadcast(skip)
+    if skip:
+        if not main:
+            return None
         print(f"skipped (finished before): {run_dir}")  # skip_done=true: re-running a table runs what is missing
         return read_json(done)["best"].get("val/acc")
     try:
@@ -260,11 +267,16 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict, *, multirun: bool, fresh_
             print(f"error: {reason}", file=sys.stderr)
             sys.exit(2)
         log.error("run failed: %s%s", reason, "" if isinstance(e, UserError) else "\n" + traceback.format_exc())
-        if not main:
-            return None
-        write_json(run_dir / "summary.json", {"status": "failed", "reason": reason, "error": type(e).__name__,
-                                              "overrides": _task_overrides(), "choices": choices, "seed": cfg.seed,
-                                              "dataset": cfg.dataset.name})
+        if main:
+            write_json(run_dir / "summary.json", {"status": "failed", "reason": reason, "error": type(e).__name__,
+                                                  "overrides": _task_overrides(), "choices": choices, "seed": cfg.seed,
+                                                  "dataset": cfg.dataset.name})
+        if env.world > 1:
+            # one process may fail alone (out of memory on its GPU): going on to the next run would pair its
+            # collectives with the other processes' current run. The sweep stops; torchrun (srun with
+            # --kill-on-bad-exit) ends the others
+            log.error("run failed in one of %d processes: the sweep stops here", env.world)
+            raise
         return None
     if main:
         print(format_summary(summary))

@@ -38,11 +38,15 @@ def _slurm_env() -> None:
         return
     from submitit.helpers import TorchDistributedEnvironment  # lazy: only inside a SLURM job
     # MASTER_ADDR/PORT from the job's first node, RANK, WORLD_SIZE, LOCAL_RANK; the GPUs stay visible
-    # (the local rank picks one in `setup`)
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    # (the local rank picks one in `setup`). Only what is missing: a site's own MASTER_PORT is kept
+    t = TorchDistributedEnvironment()
+    for k, v in {"MASTER_ADDR": t.master_addr, "MASTER_PORT": t.master_port, "RANK": t.rank, "WORLD_SIZE": t.world_size,
+                 "LOCAL_RANK": t.local_rank, "LOCAL_WORLD_SIZE": t.local_world_size}.items():
+        os.environ.setdefault(k, str(v))
 
 
 def env() -> Env:
+    _slurm_env()  # a SLURM task knows its rank from SLURM_PROCID before any process group exists
     if dist.is_available() and dist.is_initialized():
         return Env(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return Env(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
@@ -56,8 +60,8 @@ def setup(device: torch.device, backend: str = "auto") -> tuple[Env, torch.devic
     e = env()
     if e.world == 1:
         return e, device
-    if device.type == "cuda":  # one GPU per process: the local rank picks it
-        device = torch.device("cuda", e.local_rank)
+    if device.type == "cuda":  # one GPU per process: the local rank picks it (modulo: a task shown only its own GPU)
+        device = torch.device("cuda", e.local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend

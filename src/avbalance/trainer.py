@@ -138,6 +138,10 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     ctx = {"model": model, "data": data, "optimizer": optimizer, "run_dir": run_dir}  # what the method's hooks see
     forward = Forward(model, method)
     if env.world > 1:  # gradients averaged over processes during backward, before the method edits them
+        if "unimodal" in model.aux and getattr(model.head, "unimodal", None) == "probe" and not cfg.ddp.find_unused_parameters:
+            raise ConfigError(f"modulation={cfg.modulation.name} replaces the unimodal probes of fusion.unimodal=probe with "
+                              f"its own heads, so the probes get no gradient and DDP stops at the second step; set "
+                              f"fusion.unimodal=native or ddp.find_unused_parameters=true")
         forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
                                                       find_unused_parameters=cfg.ddp.find_unused_parameters)
 
