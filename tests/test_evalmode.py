@@ -168,3 +168,14 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line_naming_the_keys(r
     assert "\n" not in msg and "last.pt" in msg and named in msg
     if override == "fusion=sum":
         assert "head.fc.weight" in msg  # the unexpected key, too
+
+
+def test_run_eval_under_several_processes_is_refused_in_one_line(run, tmp_path, monkeypatch):
+    from avbalance import distributed
+    cfg, run_dir, _ = run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match=r"^mode=eval runs in one process, got 2 \(torchrun or a SLURM job with several "
+                                          r"tasks\); run it with python train.py$"):
+        run_eval(cfg, run_dir / "ckpt" / "best.pt", tmp_path)
+    assert not (tmp_path / "eval.json").exists() and distributed.env().world == 2

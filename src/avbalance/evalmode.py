@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .config import resolve_device, validate
 from .diagnostics import linear_probe, missing_modality
 from .errors import ConfigError
@@ -77,6 +78,10 @@ def run_eval(cfg, ckpt: Path, out_dir: Path) -> dict:
         "<test>/acc_without_audio", "<test>/f1_without_audio", "<test>/acc_without_visual", "<test>/f1_without_visual",
         with probe.enabled "probe/<split>/acc_<modality>", "probe/<split>/f1_<modality>"}"""
     validate(cfg)
+    world = distributed.env().world
+    if world > 1:  # every process would write the same files, each on the first GPU
+        raise ConfigError(f"mode=eval runs in one process, got {world} (torchrun or a SLURM job with several tasks); "
+                          f"run it with python train.py")
     device = resolve_device(cfg.device)
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     state = read_checkpoint(ckpt, device)  # before the data: a wrong path fails at once
