@@ -38,6 +38,7 @@ T0=$(date +%s)
 BUDGET=${BUDGET:-100000}   # seconds for the whole script: a step that might not end in time is skipped
 R=$WORK/results            # everything lands here; $OUT gets steps.tsv, all.log and one archive after each step
 rm -rf "$R" && mkdir -p "$R"  # a rerun on a warm machine must not report the last run's files as its own
+: >"$OUT/steps.tsv"; : >"$OUT/all.log"
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log, record rc and seconds
   local name=$1 limit=$2; shift 2
@@ -124,7 +125,8 @@ case $PART in
   *) echo "usage: $0 [core|extra|all]"; exit 2 ;;
 esac
 # the tables for results/benchmarks.md (scripts/gpu_report.py), into the archive too
+cp "$OUT/steps.tsv" "$R/"  # the skipped steps' lines too, for the report and the archive
 $PY scripts/gpu_report.py "$R" --out "$R/report.md" && cp "$R/report.md" "$OUT/report.md"
-cp "$OUT/steps.tsv" "$R/"  # the skipped steps' lines too; the archive is rewritten even if the report failed
+# the archive is rewritten even if the report failed
 tar -C "$R" -czf "$OUT/gpu_checks.tar.gz.part" . && mv "$OUT/gpu_checks.tar.gz.part" "$OUT/gpu_checks.tar.gz"
 echo "=== steps (name, rc, seconds); results in $OUT/gpu_checks.tar.gz, tables in $OUT/report.md"; cat "$OUT/steps.tsv"

@@ -132,6 +132,7 @@ def test_a_slurm_task_knows_its_rank_before_the_process_group_and_keeps_a_sites_
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_PROCID", "1")
     monkeypatch.setenv("MASTER_PORT", "40000")  # set by the site's job script
+    monkeypatch.setenv("MASTER_ADDR", "login1")  # exported by the shell that submitted the job
     monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment", Job)
     assert distributed.env() == distributed.Env(rank=1, world=2, local_rank=1)  # before any setup(): not rank 0
     assert os.environ["MASTER_PORT"] == "40000" and os.environ["MASTER_ADDR"] == "node7"
@@ -332,10 +333,38 @@ def test_a_run_failing_in_one_of_several_processes_stops_the_sweep(tmp_path, mon
         raise RuntimeError("CUDA out of memory")
     monkeypatch.setattr(trainer_module, "train", out_of_memory)
     (tmp_path / "run").mkdir()  # Hydra's run dir
-    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+    with pytest.raises(SystemExit) as e:  # not the error itself: Hydra's run_job would catch it and go on
         cli.run(make_cfg(*FAKE), tmp_path / "run", {}, multirun=True)
+    assert e.value.code == 1
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["reason"].endswith("CUDA out of memory")
+
+
+FAILING_RANK_0 = """
+import runpy, sys
+from avbalance import distributed
+import avbalance.trainer as trainer
+env = distributed.Env(0, 2, 0)  # rank 0 of 2, the collectives stood in for
+distributed.env, distributed.setup, distributed.broadcast = (lambda: env), (lambda d, b="auto": (env, d)), (lambda o: o)
+
+def train(cfg, run_dir, choices=None, callbacks=()):
+    print("TRAIN seed", cfg.seed, flush=True)
+    raise RuntimeError("CUDA out of memory")
+trainer.train = train
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow  # a train.py subprocess through Hydra's launcher (~10 s)
+def test_through_hydra_a_failed_run_of_several_processes_ends_the_sweep(tmp_path):
+    script = tmp_path / "rank0.py"
+    script.write_text(FAILING_RANK_0)
+    p = subprocess.run([sys.executable, str(script), str(ROOT / "train.py"), "-m", "seed=0,1", "epochs=1",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.stdout.count("TRAIN seed") == 1  # the second run never started
+    assert "run failed in one of 2 processes: the sweep stops here" in p.stdout
 
 
 def test_rank_1_of_2_trains_its_own_share_and_writes_nothing(tmp_path, monkeypatch, caplog):

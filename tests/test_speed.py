@@ -94,14 +94,22 @@ def test_a_resumed_optimizer_keeps_this_runs_kernel_flags_and_the_saved_state(sa
             saving.step()
     saved = saving.state_dict()
     saved["param_groups"][0]["lr"] = 0.03  # a saved option that is not a kernel flag: it is restored
+    saved["state"][0]["step"] = saved["state"][0]["step"].double()  # so that a cast to float32 shows
     resumed = torch.optim.Adam([p], lr=0.1, **run_kw)
     load_optimizer_state(resumed, saved)
     g = resumed.param_groups[0]
     assert g["capturable"] is run_kw.get("capturable", False) and g["fused"] is run_kw.get("fused", None)
     assert g["lr"] == 0.03 and float(resumed.state[p]["step"]) == 4.0
     assert torch.equal(resumed.state[p]["exp_avg"], saving.state[p]["exp_avg"])
-    # torch's own policy for the count, applied with this run's flags: float32 when capturable or fused
-    assert resumed.state[p]["step"].dtype == torch.float32
+    # torch's own policy for the count, applied with this run's flags: made float32 when capturable or fused
+    assert resumed.state[p]["step"].dtype == (torch.float32 if run_kw else torch.float64)
+
+
+def test_a_resumed_optimizer_with_other_groups_is_still_refused_by_torch():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    saved = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        load_optimizer_state(torch.optim.SGD([a], lr=0.1), saved)
 
 
 def test_compile_wraps_each_encoder_and_nothing_else(monkeypatch):

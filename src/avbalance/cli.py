@@ -273,10 +273,11 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict, *, multirun: bool, fresh_
                                                   "dataset": cfg.dataset.name})
         if env.world > 1:
             # one process may fail alone (out of memory on its GPU): going on to the next run would pair its
-            # collectives with the other processes' current run. The sweep stops; torchrun (srun with
-            # --kill-on-bad-exit) ends the others
+            # collectives with the other processes' current run. The process ends, so the sweep stops and
+            # torchrun (srun with --kill-on-bad-exit) ends the others. SystemExit, not the error: Hydra's
+            # run_job catches every Exception and its launcher starts the next run
             log.error("run failed in one of %d processes: the sweep stops here", env.world)
-            raise
+            raise SystemExit(1)
         return None
     if main:
         print(format_summary(summary))

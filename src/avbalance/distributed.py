@@ -38,11 +38,12 @@ def _slurm_env() -> None:
         return
     from submitit.helpers import TorchDistributedEnvironment  # lazy: only inside a SLURM job
     # MASTER_ADDR/PORT from the job's first node, RANK, WORLD_SIZE, LOCAL_RANK; the GPUs stay visible
-    # (the local rank picks one in `setup`). Only what is missing: a site's own MASTER_PORT is kept
+    # (the local rank picks one in `setup`). A MASTER_PORT the job script set is kept (submitit's export
+    # refuses to run then); the rest comes from this job, not from the shell that submitted it
     t = TorchDistributedEnvironment()
-    for k, v in {"MASTER_ADDR": t.master_addr, "MASTER_PORT": t.master_port, "RANK": t.rank, "WORLD_SIZE": t.world_size,
-                 "LOCAL_RANK": t.local_rank, "LOCAL_WORLD_SIZE": t.local_world_size}.items():
-        os.environ.setdefault(k, str(v))
+    os.environ.setdefault("MASTER_PORT", str(t.master_port))
+    os.environ.update({"MASTER_ADDR": t.master_addr, "RANK": str(t.rank), "WORLD_SIZE": str(t.world_size),
+                       "LOCAL_RANK": str(t.local_rank), "LOCAL_WORLD_SIZE": str(t.local_world_size)})
 
 
 def env() -> Env:

@@ -33,6 +33,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     when capturable or fused)."""
     groups = [{**sg, **{k: g[k] for k in KERNEL_FLAGS if k in g}}
               for sg, g in zip(saved["param_groups"], optimizer.param_groups)]
+    groups += saved["param_groups"][len(groups):]  # a count that differs stays torch's error
     optimizer.load_state_dict({**saved, "param_groups": groups})
 
 

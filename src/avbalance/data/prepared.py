@@ -491,9 +491,9 @@ class PreparedData:
     def _preloaded_split(self, split: str, device: torch.device) -> DeviceSplit | None:
         """The split's arrays on `device` if speed.preload takes it (copied on first use), else None.
         off: never; eval: every split but the training one; all: every split; auto: on CUDA, each
-        split that fits in a quarter of the device's free memory. The first training pass decides the
-        evaluation splits of a run too (the selection split and test): a preload that does not fit is
-        refused before the first epoch, not after it."""
+        split that fits in a quarter of the device's free memory. The first pass over train (the first
+        epoch, or an evaluation of train rows) decides the run's evaluation splits too (the selection split
+        and test): a preload that does not fit is refused before the first epoch, not after it."""
         splits = [split] + ([s for s in (self.selection_split, "test") if s in self.splits] if split == "train" else [])
         for s in dict.fromkeys(splits):
             key = (s, str(device))
