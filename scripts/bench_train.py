@@ -14,7 +14,7 @@ ready float batches, the data phase only picks one. Neither reads files (scripts
 against the current one and a candidate (time and bytes allocated per call).
 --cuda-graph: forward, backward, the modulation and the optimizer captured as one CUDA graph and replayed
 each step (the host then launches one graph instead of hundreds of kernels; the "forward" column holds
-the whole graph). A measurement of what graph capture would give the trainer, which does not use it yet.
+the whole graph): the trainer's speed.GraphedStep, as speed.cuda_graph=true runs it.
 --parallel-encoders: the audio encoder on a second CUDA stream, overlapping the visual one (a measurement).
 --profile N: N more steps under torch.profiler: the device's busy time against the wall time, kernels
 launched and operators dispatched per step, and the heaviest kernels.

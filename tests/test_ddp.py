@@ -114,6 +114,17 @@ def test_single_process_helpers_are_identities():
     assert distributed.broadcast("a") == "a" and distributed.env() == distributed.Env(0, 1, 0)
 
 
+def test_one_process_on_a_numbered_gpu_makes_it_the_current_device(monkeypatch):
+    """device=cuda:N: streams, CUDA graphs and the pin thread follow the current device (GPU 0 otherwise)."""
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    gpu1 = torch.device("cuda", 1)
+    assert distributed.setup(gpu1) == (distributed.Env(0, 1, 0), gpu1) and made_current == [gpu1]
+    distributed.setup(torch.device("cuda"))  # the current one already
+    distributed.setup(torch.device("cpu"))
+    assert made_current == [gpu1] and not distributed.active()
+
+
 # --- launcher configs ------------------------------------------------------------------------------
 def hydra_cfg(*overrides):
     schema.register()

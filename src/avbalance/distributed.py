@@ -54,12 +54,14 @@ def env() -> Env:
 
 
 def setup(device: torch.device, backend: str = "auto") -> tuple[Env, torch.device]:
-    """-> (env, this process's device). Starts the process group when the environment names more
-    than one process and none is running yet; it stays up for the process's next runs (a sweep
-    under torchrun) and is closed at exit."""
-    _slurm_env()
+    """-> (env, this process's device), made the current CUDA device (new streams, CUDA graphs and the
+    pin-memory thread use the current one: device=cuda:N). Starts the process group when the
+    environment names more than one process and none is running yet; it stays up for the process's
+    next runs (a sweep under torchrun) and is closed at exit."""
     e = env()
     if e.world == 1:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return e, device
     if device.type == "cuda":  # one GPU per process: the local rank picks it (modulo: a task shown only its own GPU)
         device = torch.device("cuda", e.local_rank % max(1, torch.cuda.device_count()))

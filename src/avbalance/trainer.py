@@ -102,8 +102,6 @@ def train(cfg, run_dir: Path, choices: dict | None = None, callbacks=()) -> dict
     calls this; rank 0's `run_dir` is used and only rank 0 writes (distributed.py)."""
     validate(cfg)
     env, device = distributed.setup(resolve_device(cfg.device), cfg.ddp.backend)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # device=cuda:N: new streams, CUDA graphs and the pin thread use the current one
     main = env.main
     run_dir = Path(distributed.broadcast(str(run_dir)))
     if main:

@@ -156,9 +156,13 @@ class EpochReader(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.batches)
 
+    def rows(self, k: int) -> np.ndarray:
+        """Batch k's rows, sorted: the memmap is read front to back (a preloaded split gathers them alike)."""
+        return np.sort(self.batches[k])
+
     def plan(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batch k's rows (sorted: the memmap is read front to back), their frames [B, T], audio starts [B]."""
-        rows = np.sort(self.batches[k])
+        """Batch k's rows, their frames [B, T], audio starts [B]."""
+        rows = self.rows(k)
         return rows, self.frame_pos[rows], self.audio_start[rows]
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
@@ -294,7 +298,7 @@ class DeviceSplit:
 
     def batches(self, reader: "EpochReader", device: torch.device):
         """The batches of `reader`'s plan, on the device."""
-        rows = [np.sort(b) for b in reader.batches]
+        rows = [reader.rows(k) for k in range(len(reader))]
         if not rows:
             return
         flat = _to_device(torch.from_numpy(np.concatenate(rows).astype(np.int64)), device)  # the epoch's rows, one copy
